@@ -1,0 +1,210 @@
+//! The command line: one binary, a subcommand per job (SPEC section 1). Every flag is also an environment variable
+//! `DEFAULT_DENY_GUARD_<FLAG>`, so that a Deployment can configure it either way.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::rules::{self, EnableLabel, ExceptionKeys, LabelMatch, RuleId, Settings, SystemNamespaces};
+
+#[derive(Debug, Parser)]
+#[command(name = "default-deny-guard", version, about = "Keeps default-deny NetworkPolicies where they belong")]
+pub struct Cli {
+    /// Log lines as JSON (one object per line) or as text.
+    #[arg(long, global = true, env = "DEFAULT_DENY_GUARD_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the admission webhook over HTTPS (and metrics over plain HTTP).
+    Serve(ServeArgs),
+}
+
+/// The rules' configuration, shared by every subcommand that judges objects.
+#[derive(Debug, Clone, Args)]
+pub struct RuleArgs {
+    /// System namespaces: exact names and `prefix-*` patterns, comma-separated.
+    #[arg(
+        long,
+        env = "DEFAULT_DENY_GUARD_SYSTEM_NAMESPACES",
+        value_delimiter = ',',
+        default_value = "kube-system,kube-public,kube-node-lease"
+    )]
+    pub system_namespaces: Vec<String>,
+
+    /// Also treat every namespace carrying this label (`key` or `key=value`) as a system namespace. Needs the
+    /// namespace cache, so a cluster configuration.
+    #[arg(long, env = "DEFAULT_DENY_GUARD_SYSTEM_NAMESPACE_LABEL")]
+    pub system_namespace_label: Option<LabelMatch>,
+
+    /// The label that new namespaces get and that must not be removed (`key=value`).
+    #[arg(long, env = "DEFAULT_DENY_GUARD_ENABLE_LABEL", default_value = "default-deny=enabled")]
+    pub enable_label: EnableLabel,
+
+    /// The annotation that records an exception; its value is the reason.
+    #[arg(long, env = "DEFAULT_DENY_GUARD_EXCEPTION_ANNOTATION", default_value = "default-deny-guard.io/exception")]
+    pub exception_annotation: String,
+
+    /// The annotation that bounds an exception in time (RFC 3339 date or date-time).
+    #[arg(
+        long,
+        env = "DEFAULT_DENY_GUARD_EXCEPTION_EXPIRES_ANNOTATION",
+        default_value = "default-deny-guard.io/exception-expires"
+    )]
+    pub exception_expires_annotation: String,
+
+    /// Users whose DELETEs are namespace teardown, comma-separated.
+    #[arg(
+        long,
+        env = "DEFAULT_DENY_GUARD_TRUSTED_DELETERS",
+        value_delimiter = ',',
+        default_value = "system:serviceaccount:kube-system:namespace-controller,system:serviceaccount:kube-system:generic-garbage-collector"
+    )]
+    pub trusted_deleters: Vec<String>,
+
+    /// Rules in warn mode (allow, with a warning that kubectl prints), comma-separated: R1,R2,R3,R4,R5.
+    #[arg(long, env = "DEFAULT_DENY_GUARD_WARN", value_delimiter = ',')]
+    pub warn: Vec<RuleId>,
+}
+
+impl RuleArgs {
+    /// The rules' settings, or why the flags do not make any.
+    pub fn settings(&self) -> Result<Settings, String> {
+        let system_namespaces = SystemNamespaces::new(&self.system_namespaces, self.system_namespace_label.clone())?;
+        let trusted_deleters = self.trusted_deleters.iter().map(|u| u.trim().to_owned()).filter(|u| !u.is_empty());
+        Ok(rules::Settings {
+            system_namespaces,
+            enable_label: self.enable_label.clone(),
+            exception_keys: ExceptionKeys {
+                reason: self.exception_annotation.clone(),
+                expires: self.exception_expires_annotation.clone(),
+            },
+            trusted_deleters: trusted_deleters.collect(),
+            warn: self.warn.clone(),
+        })
+    }
+}
+
+/// Whether `serve` watches namespaces through the Kubernetes API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NamespaceCacheMode {
+    /// When a cluster configuration is found (in-cluster, or KUBECONFIG / ~/.kube/config).
+    Auto,
+    /// Always: fail to start without a cluster configuration.
+    On,
+    /// Never: teardown is recognised by the trusted deleters' names only.
+    Off,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// HTTPS address of the webhook (`POST /validate`, `POST /mutate`, `GET /healthz`, `GET /readyz`). Port 0 picks
+    /// a free port; the bound address is logged.
+    #[arg(long, env = "DEFAULT_DENY_GUARD_ADDR", default_value = "0.0.0.0:8443")]
+    pub addr: SocketAddr,
+
+    /// Plain HTTP address of `GET /metrics`.
+    #[arg(long, env = "DEFAULT_DENY_GUARD_METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    pub metrics_addr: SocketAddr,
+
+    /// PEM certificate chain. Without it (and --tls-key), a development certificate is made under --dev-cert-dir.
+    #[arg(long, env = "DEFAULT_DENY_GUARD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "DEFAULT_DENY_GUARD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Serve a development certificate even if --tls-cert/--tls-key are set in the environment.
+    #[arg(long, env = "DEFAULT_DENY_GUARD_DEV")]
+    pub dev: bool,
+
+    /// Where the development CA and certificate are kept (made on first use, reused after).
+    #[arg(long, env = "DEFAULT_DENY_GUARD_DEV_CERT_DIR", default_value = "certs")]
+    pub dev_cert_dir: PathBuf,
+
+    /// Require client certificates signed by this CA (PEM) on the admission endpoints (mTLS).
+    #[arg(long, env = "DEFAULT_DENY_GUARD_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub rules: RuleArgs,
+
+    /// Largest request body accepted, in bytes (an UPDATE review carries the object twice).
+    #[arg(long, env = "DEFAULT_DENY_GUARD_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Watch namespaces through the Kubernetes API, to recognise namespace teardown and label-selected system
+    /// namespaces.
+    #[arg(long, env = "DEFAULT_DENY_GUARD_NAMESPACE_CACHE", default_value = "auto")]
+    pub namespace_cache: NamespaceCacheMode,
+
+    /// How long SIGTERM waits for in-flight requests before exiting.
+    #[arg(long, env = "DEFAULT_DENY_GUARD_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_follow_the_spec() {
+        let cli = Cli::try_parse_from(["default-deny-guard", "serve"]).unwrap();
+        let Command::Serve(args) = cli.command;
+        assert_eq!(args.addr.to_string(), "0.0.0.0:8443");
+        assert_eq!(args.metrics_addr.to_string(), "0.0.0.0:9090");
+        let settings = args.rules.settings().unwrap();
+        assert_eq!(settings.system_namespaces.to_string(), "kube-node-lease,kube-public,kube-system");
+        assert_eq!(settings.enable_label.to_string(), "default-deny=enabled");
+        assert_eq!(settings.trusted_deleters, rules::DEFAULT_TRUSTED_DELETERS);
+        assert!(settings.warn.is_empty());
+    }
+
+    #[test]
+    fn flags_parse() {
+        let cli = Cli::try_parse_from([
+            "default-deny-guard",
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--system-namespaces",
+            "kube-system,openshift-*",
+            "--system-namespace-label",
+            "platform/system=true",
+            "--warn",
+            "R2,r5",
+            "--log-format",
+            "json",
+        ])
+        .unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        let Command::Serve(args) = cli.command;
+        let settings = args.rules.settings().unwrap();
+        assert_eq!(settings.warn, [RuleId::R2, RuleId::R5]);
+        assert!(settings.system_namespaces.contains_name("openshift-dns"));
+        assert!(Cli::try_parse_from(["default-deny-guard", "serve", "--warn", "R9"]).is_err());
+        assert!(Cli::try_parse_from(["default-deny-guard", "serve", "--tls-cert", "x"]).is_err(), "needs --tls-key");
+        let bad = Cli::try_parse_from(["default-deny-guard", "serve", "--system-namespaces", "*"]).unwrap();
+        let Command::Serve(args) = bad.command;
+        assert!(args.rules.settings().is_err());
+    }
+}
