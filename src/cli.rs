@@ -139,6 +139,10 @@ pub struct ServeArgs {
     #[arg(long, env = "DEFAULT_DENY_GUARD_CLIENT_CA")]
     pub client_ca: Option<PathBuf>,
 
+    /// How often the certificate and key files are checked for a new pair (cert-manager or Secret rotation).
+    #[arg(long, env = "DEFAULT_DENY_GUARD_TLS_RELOAD_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub tls_reload_interval: Duration,
+
     #[command(flatten)]
     pub rules: RuleArgs,
 

@@ -1,4 +1,11 @@
 //! default-deny-guard: a Kubernetes admission webhook that keeps default-deny NetworkPolicies where they belong.
 
-pub mod rules;
+pub mod admission;
+pub mod certs;
 pub mod cli;
+pub mod metrics;
+pub mod namespaces;
+pub mod rules;
+pub mod server;
+pub mod telemetry;
+pub mod tls;

@@ -212,9 +212,7 @@ impl<T> Request<'_, T> {
 impl Request<'_, NetworkPolicy> {
     /// `metadata.namespace`, else `request.namespace` (SPEC R1).
     pub fn policy_namespace(&self) -> &str {
-        self.objects()
-            .find_map(|o| o.metadata.namespace.as_deref().filter(|n| !n.is_empty()))
-            .unwrap_or(self.namespace)
+        self.objects().find_map(|o| o.metadata.namespace.as_deref().filter(|n| !n.is_empty())).unwrap_or(self.namespace)
     }
 }
 
@@ -222,10 +220,7 @@ impl<'a, T: HasMetadata> Request<'a, T> {
     /// The object's name: from the object itself, since `request.name` is empty for a collection delete and for
     /// `generateName`.
     pub fn object_name(&self) -> &str {
-        self.objects()
-            .map(|o| o.metadata().name.as_str())
-            .find(|n| !n.is_empty())
-            .unwrap_or(self.name)
+        self.objects().map(|o| o.metadata().name.as_str()).find(|n| !n.is_empty()).unwrap_or(self.name)
     }
 }
 
@@ -310,7 +305,7 @@ pub struct Decision {
 }
 
 impl Decision {
-    fn allow(rule: Option<RuleId>, message: impl Into<String>) -> Decision {
+    pub fn allow(rule: Option<RuleId>, message: impl Into<String>) -> Decision {
         Decision {
             verdict: Verdict::Allow,
             rule,
@@ -596,7 +591,13 @@ impl Settings {
     }
 
     /// R5: the enable label stays, unless the updated namespace carries a valid exception.
-    fn r5_keep_label(&self, req: &Request<'_, Namespace>, old: &Namespace, new: &Namespace, now: Timestamp) -> Decision {
+    fn r5_keep_label(
+        &self,
+        req: &Request<'_, Namespace>,
+        old: &Namespace,
+        new: &Namespace,
+        now: Timestamp,
+    ) -> Decision {
         let label = &self.enable_label;
         let had = old.metadata.labels.get(&label.key) == Some(&label.value);
         let has = new.metadata.labels.get(&label.key) == Some(&label.value);

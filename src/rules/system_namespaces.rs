@@ -114,9 +114,7 @@ impl SystemNamespaces {
     }
 
     fn matches_prefix(&self, name: &str) -> bool {
-        self.prefix_lengths
-            .range(..=name.len())
-            .any(|&n| name.get(..n).is_some_and(|p| self.prefixes.contains(p)))
+        self.prefix_lengths.range(..=name.len()).any(|&n| name.get(..n).is_some_and(|p| self.prefixes.contains(p)))
     }
 
     /// Whether a namespace's labels make it a system namespace (needs the namespace's labels: from the object

@@ -128,7 +128,11 @@ fn default_deny_classification_table() {
             json!({"podSelector": {}, "ingress": [{}], "egress": []}),
             None,
         ),
-        ("empty policyTypes defaults like absent", json!({"podSelector": {}, "policyTypes": []}), Some("deny-all (Ingress)")),
+        (
+            "empty policyTypes defaults like absent",
+            json!({"podSelector": {}, "policyTypes": []}),
+            Some("deny-all (Ingress)"),
+        ),
         (
             "deny all except DNS egress",
             json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"],
@@ -409,8 +413,12 @@ fn r2_deletes() {
         PolicyCase {
             verdict: Verdict::Deny,
             rule: Some(RuleId::R2),
-            says: &["production/default-deny-all", "deny-all (Ingress)", "kubectl annotate networkpolicy \
-                     default-deny-all -n production default-deny-guard.io/exception='<reason>'"],
+            says: &[
+                "production/default-deny-all",
+                "deny-all (Ingress)",
+                "kubectl annotate networkpolicy \
+                     default-deny-all -n production default-deny-guard.io/exception='<reason>'",
+            ],
             ..del("delete by name", ADMIN, old())
         },
         PolicyCase {
@@ -545,9 +553,14 @@ fn r3_weakening_updates() {
             says: &["expired"],
             ..upd("with an expired exception", open(&[(EXC, "incident 42"), (EXP, "2020-01-01")]))
         },
-        PolicyCase { ..upd("adding an allow rule keeps it default-deny", Some(json!({
+        PolicyCase {
+            ..upd(
+                "adding an allow rule keeps it default-deny",
+                Some(json!({
             "metadata": {"name": "default-deny-all", "namespace": "production"},
-            "spec": {"podSelector": {}, "ingress": [{"from": [{"podSelector": {}}]}]}}))) },
+            "spec": {"podSelector": {}, "ingress": [{"from": [{"podSelector": {}}]}]}})),
+            )
+        },
         PolicyCase { ..upd("a label change", Some(deny_all(Some("production"), "default-deny-all"))) },
         PolicyCase {
             verdict: Verdict::Warn,
@@ -665,7 +678,12 @@ fn r4_new_namespaces() {
         patched("other labels", ns("team-a", json!({"team": "a"}), json!({})), true, false),
         NamespaceCase {
             says: &["default-deny=disabled replaced by default-deny=enabled"],
-            ..patched("another value is overwritten, with a warning", ns("a", json!({"default-deny": "disabled"}), json!({})), true, true)
+            ..patched(
+                "another value is overwritten, with a warning",
+                ns("a", json!({"default-deny": "disabled"}), json!({})),
+                true,
+                true,
+            )
         },
         patched("generateName (empty name)", json!({"metadata": {"generateName": "ci-run-"}}), false, false),
         NamespaceCase {
@@ -676,10 +694,16 @@ fn r4_new_namespaces() {
         skipped("kube-system", json!({"metadata": {"name": "kube-system"}})),
         skipped("prefix pattern", json!({"metadata": {"name": "openshift-ingress"}})),
         skipped("generateName under a prefix pattern", json!({"metadata": {"generateName": "openshift-job-"}})),
-        skipped("system by the namespace's own label", ns("p", json!({"platform.example.com/system": "true"}), json!({}))),
+        skipped(
+            "system by the namespace's own label",
+            ns("p", json!({"platform.example.com/system": "true"}), json!({})),
+        ),
         NamespaceCase {
             says: &["legacy"],
-            ..skipped("valid exception", ns("legacy", json!({"default-deny": "disabled"}), json!({EXC: "legacy CRM until Q3"})))
+            ..skipped(
+                "valid exception",
+                ns("legacy", json!({"default-deny": "disabled"}), json!({EXC: "legacy CRM until Q3"})),
+            )
         },
         NamespaceCase {
             what: "warn mode: no patch, a warning",
@@ -723,7 +747,11 @@ fn r5_label_updates() {
             verdict: Verdict::Deny,
             rule: Some(RuleId::R5),
             says: &["expired"],
-            ..upd("with an expired exception", enabled(), ns("prod", json!({}), json!({EXC: "x", EXP: "2020-01-01T00:00:00Z"})))
+            ..upd(
+                "with an expired exception",
+                enabled(),
+                ns("prod", json!({}), json!({EXC: "x", EXP: "2020-01-01T00:00:00Z"})),
+            )
         },
         NamespaceCase {
             verdict: Verdict::Warn,
@@ -773,10 +801,7 @@ fn exception_use_is_audited() {
     let d = settings.judge_network_policy(&req, NamespaceFacts::default(), now());
     assert!(d.allowed() && d.exception_used);
     let audit: Vec<(&str, &str)> = d.audit_annotations.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    assert_eq!(
-        audit,
-        [("exception-expires", "2026-07-01"), ("exception-reason", "SEC-789"), ("exception-rule", "R2")]
-    );
+    assert_eq!(audit, [("exception-expires", "2026-07-01"), ("exception-reason", "SEC-789"), ("exception-rule", "R2")]);
 }
 
 #[test]

@@ -1,0 +1,125 @@
+//! Prometheus metrics (SPEC section 6), on a registry of their own, served as text on the metrics port.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Upper bounds of the latency histogram: from 50 µs, since a decision takes microseconds and a slow one is news.
+const DURATION_BUCKETS: &[f64] =
+    &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    exceptions: IntCounterVec,
+    invalid: IntCounterVec,
+    tls_reloads: IntCounterVec,
+    certificate_expiry: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("default_deny_guard_admission_requests_total", "Admission reviews answered, by outcome."),
+            &["webhook", "kind", "operation", "decision", "rule"],
+        )
+        .unwrap();
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "default_deny_guard_admission_duration_seconds",
+                "Time to answer an admission review, from the complete body to the encoded answer.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["webhook"],
+        )
+        .unwrap();
+        let exceptions = IntCounterVec::new(
+            Opts::new("default_deny_guard_exceptions_total", "Requests let through by an exception annotation."),
+            &["kind"],
+        )
+        .unwrap();
+        let invalid = IntCounterVec::new(
+            Opts::new(
+                "default_deny_guard_invalid_requests_total",
+                "Requests answered with an HTTP error: not an AdmissionReview, wrong method or content type, too large.",
+            ),
+            &["reason"],
+        )
+        .unwrap();
+        let tls_reloads = IntCounterVec::new(
+            Opts::new("default_deny_guard_tls_reloads_total", "Reloads of the serving certificate, by result."),
+            &["result"],
+        )
+        .unwrap();
+        let certificate_expiry = Gauge::new(
+            "default_deny_guard_certificate_expiry_timestamp_seconds",
+            "notAfter of the serving certificate in use, in seconds since the Unix epoch.",
+        )
+        .unwrap();
+        let build_info = IntGaugeVec::new(
+            Opts::new("default_deny_guard_build_info", "The running version; always 1."),
+            &["version"],
+        )
+        .unwrap();
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for c in [&requests, &exceptions, &invalid, &tls_reloads] {
+            registry.register(Box::new(c.clone())).unwrap();
+        }
+        registry.register(Box::new(duration.clone())).unwrap();
+        registry.register(Box::new(certificate_expiry.clone())).unwrap();
+        registry.register(Box::new(build_info)).unwrap();
+        Metrics { registry, requests, duration, exceptions, invalid, tls_reloads, certificate_expiry }
+    }
+
+    /// The registry, for other parts (the reconciler) to add their metrics to.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn observe_review(
+        &self,
+        webhook: &str,
+        kind: &str,
+        operation: &str,
+        decision: &str,
+        rule: &str,
+        elapsed: Duration,
+    ) {
+        self.requests.with_label_values(&[webhook, kind, operation, decision, rule]).inc();
+        self.duration.with_label_values(&[webhook]).observe(elapsed.as_secs_f64());
+    }
+
+    pub fn exception_used(&self, kind: &str) {
+        self.exceptions.with_label_values(&[kind]).inc();
+    }
+
+    pub fn invalid_request(&self, reason: &str) {
+        self.invalid.with_label_values(&[reason]).inc();
+    }
+
+    pub fn tls_reload(&self, ok: bool) {
+        self.tls_reloads.with_label_values(&[if ok { "success" } else { "error" }]).inc();
+    }
+
+    pub fn set_certificate_expiry(&self, unix_seconds: i64) {
+        self.certificate_expiry.set(unix_seconds as f64);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::with_capacity(8192);
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding never fails");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}

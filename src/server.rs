@@ -1,0 +1,406 @@
+//! `serve`: the HTTPS webhook and the plain-HTTP metrics endpoint, thin adapters around [`crate::admission`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+use crate::admission::{self, NamespaceLookup, Webhook};
+use crate::certs;
+use crate::cli::{NamespaceCacheMode, ServeArgs};
+use crate::metrics::Metrics;
+use crate::namespaces::NamespaceCache;
+use crate::rules::Settings;
+use crate::tls::{self, CertificateStore, TlsFiles};
+
+/// A client has this long to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// And this long to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error(transparent)]
+    Cert(#[from] certs::CertError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("namespace cache: {0}")]
+    Kube(String),
+}
+
+/// What every handler shares.
+struct AppState {
+    settings: Settings,
+    namespaces: Arc<dyn NamespaceLookup>,
+    metrics: Metrics,
+    ready: AtomicBool,
+    /// `--client-ca` given: the admission endpoints answer only clients with a verified certificate.
+    client_cert_required: bool,
+}
+
+/// Whether this connection's client presented a certificate that the client CA verified.
+#[derive(Debug, Clone, Copy)]
+struct ClientCertificate(bool);
+
+pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
+    let settings = args.rules.settings().map_err(ServeError::Config)?;
+    let metrics = Metrics::new();
+
+    let files = match (&args.tls_cert, &args.tls_key, args.dev) {
+        (Some(cert), Some(key), false) => TlsFiles { cert: cert.clone(), key: key.clone() },
+        _ => {
+            let dev = certs::ensure_dev(&args.dev_cert_dir)?;
+            tracing::info!(
+                cert = %dev.cert.display(),
+                key = %dev.key.display(),
+                ca = %dev.ca.display(),
+                created = dev.created,
+                "serving a development certificate (localhost, 127.0.0.1, ::1); clients trust it through the CA file"
+            );
+            TlsFiles { cert: dev.cert, key: dev.key }
+        }
+    };
+    let (store, contents) = CertificateStore::open(files, &metrics)?;
+    let tls_config = tls::server_config(store.clone(), args.client_ca.as_deref())?;
+    tokio::spawn(store.watch(contents, args.tls_reload_interval, metrics.clone()));
+
+    let (namespaces, cache) = namespace_lookup(&args, &settings).await?;
+    let state = Arc::new(AppState {
+        settings,
+        namespaces,
+        metrics: metrics.clone(),
+        ready: AtomicBool::new(false),
+        client_cert_required: args.client_ca.is_some(),
+    });
+
+    let webhook = bind(args.addr).await?;
+    let metrics_listener = bind(args.metrics_addr).await?;
+    tracing::info!(server = "webhook", addr = %webhook.local_addr().expect("bound"), "listening (HTTPS)");
+    tracing::info!(server = "metrics", addr = %metrics_listener.local_addr().expect("bound"), "listening (HTTP)");
+
+    // Ready once serving, and once the namespace cache has synced when label-selected system namespaces need it.
+    {
+        let state = state.clone();
+        let wait_for = cache.filter(|_| state.settings.system_namespaces.label().is_some());
+        tokio::spawn(async move {
+            if let Some(cache) = wait_for {
+                cache.synced().await;
+                tracing::info!(namespaces = cache.len(), "namespace cache synced");
+            }
+            state.ready.store(true, Ordering::SeqCst);
+        });
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let app = router(state.clone(), args.max_body_bytes);
+    let https = tokio::spawn(serve_https(
+        webhook,
+        TlsAcceptor::from(Arc::new(tls_config)),
+        app,
+        stop_rx.clone(),
+        args.shutdown_timeout,
+    ));
+    let metrics_app = Router::new()
+        .route(
+            "/metrics",
+            get(|State(m): State<Metrics>| async move {
+                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render())
+            }),
+        )
+        .with_state(metrics);
+    let mut metrics_stop = stop_rx.clone();
+    let metrics_server = tokio::spawn(async move {
+        let _ = axum::serve(metrics_listener, metrics_app)
+            .with_graceful_shutdown(async move { stopped(&mut metrics_stop).await })
+            .await;
+    });
+
+    shutdown_signal().await;
+    // Unready first, so that the Service stops routing here; then stop accepting and drain.
+    state.ready.store(false, Ordering::SeqCst);
+    tracing::info!(timeout = ?args.shutdown_timeout, "shutting down: draining in-flight requests");
+    let _ = stop_tx.send(true);
+    let _ = https.await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), metrics_server).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The namespace cache, if the cluster is reachable and the mode wants it; otherwise names only.
+async fn namespace_lookup(
+    args: &ServeArgs,
+    settings: &Settings,
+) -> Result<(Arc<dyn NamespaceLookup>, Option<NamespaceCache>), ServeError> {
+    let needs_cache = settings.system_namespaces.label().is_some();
+    if args.namespace_cache == NamespaceCacheMode::Off {
+        if needs_cache {
+            return Err(ServeError::Config(
+                "--system-namespace-label needs the namespace cache; it cannot be combined with --namespace-cache off"
+                    .into(),
+            ));
+        }
+        tracing::info!("namespace cache off: teardown is recognised by the trusted deleters' names only");
+        return Ok((Arc::new(()), None));
+    }
+    let config = match kube::Config::infer().await {
+        Ok(config) => config,
+        Err(e) if args.namespace_cache == NamespaceCacheMode::Auto && !needs_cache => {
+            tracing::info!(
+                reason = %e,
+                "no cluster configuration: namespace cache off; teardown is recognised by the trusted deleters' names only"
+            );
+            return Ok((Arc::new(()), None));
+        }
+        Err(e) => return Err(ServeError::Kube(format!("no cluster configuration (in-cluster or KUBECONFIG): {e}"))),
+    };
+    let cluster = config.cluster_url.to_string();
+    let client = kube::Client::try_from(config).map_err(|e| ServeError::Kube(e.to_string()))?;
+    let (cache, watch) = NamespaceCache::start(client);
+    tokio::spawn(watch);
+    tracing::info!(cluster, "namespace cache watching namespaces");
+    Ok((Arc::new(cache.clone()), Some(cache)))
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+/// Resolves when shutdown begins.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// Accepts TLS connections until told to stop, then lets in-flight requests finish (up to `drain`).
+async fn serve_https(
+    listener: TcpListener,
+    tls: TlsAcceptor,
+    app: Router,
+    mut stop: watch::Receiver<bool>,
+    drain: Duration,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut stop) => break,
+        };
+        let (tls, app, builder, watcher) = (tls.clone(), app.clone(), builder.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let verified = ClientCertificate(stream.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty()));
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(verified);
+                app.clone().oneshot(req)
+            });
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        tracing::warn!(timeout = ?drain, "some connections were still busy at the end of the shutdown timeout");
+    }
+}
+
+fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/validate", post(validate))
+        .route("/mutate", post(mutate))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .fallback(|State(state): State<Arc<AppState>>, uri: axum::http::Uri| async move {
+            state.metrics.invalid_request("not_found");
+            let message =
+                format!("no such endpoint {}: the webhook serves POST /validate and POST /mutate", uri.path());
+            bad_request(StatusCode::NOT_FOUND, "NotFound", message)
+        })
+        .method_not_allowed_fallback(|State(state): State<Arc<AppState>>, method: axum::http::Method| async move {
+            state.metrics.invalid_request("method");
+            let message = format!("method {method} not allowed: admission reviews are sent with POST");
+            bad_request(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", message)
+        })
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.ready.load(Ordering::SeqCst) {
+        "ok".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
+}
+
+async fn validate(
+    State(state): State<Arc<AppState>>,
+    client: Option<Extension<ClientCertificate>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    admit(&state, Webhook::Validate, client, &headers, body)
+}
+
+async fn mutate(
+    State(state): State<Arc<AppState>>,
+    client: Option<Extension<ClientCertificate>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    admit(&state, Webhook::Mutate, client, &headers, body)
+}
+
+/// One admission review: checks the HTTP envelope, then answers through [`admission::review`]. The decision is
+/// microseconds of CPU, so it runs on the request's task.
+fn admit(
+    state: &AppState,
+    webhook: Webhook,
+    client: Option<Extension<ClientCertificate>>,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    let metrics = &state.metrics;
+    if state.client_cert_required && !client.is_some_and(|Extension(ClientCertificate(ok))| ok) {
+        metrics.invalid_request("client_certificate");
+        return bad_request(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "a client certificate signed by the configured client CA is required".into(),
+        );
+    }
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        metrics.invalid_request("content_type");
+        return bad_request(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            "the body must be an AdmissionReview with Content-Type: application/json".into(),
+        );
+    }
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            let status = rejection.status();
+            let too_large = status == StatusCode::PAYLOAD_TOO_LARGE;
+            metrics.invalid_request(if too_large { "too_large" } else { "body" });
+            let (reason, message) = if too_large {
+                ("RequestEntityTooLarge", "the body is larger than --max-body-bytes".to_owned())
+            } else {
+                ("BadRequest", format!("cannot read the body: {}", rejection.body_text()))
+            };
+            return bad_request(status, reason, message);
+        }
+    };
+    let reviewed = match admission::review(&state.settings, &state.namespaces, webhook, &body, jiff::Timestamp::now()) {
+        Ok(r) => r,
+        Err(e) => {
+            metrics.invalid_request("not_a_review");
+            return bad_request(StatusCode::BAD_REQUEST, "BadRequest", e.to_string());
+        }
+    };
+    let elapsed = started.elapsed();
+    let d = &reviewed.decision;
+    let rule = admission::rule_label(d.rule);
+    metrics.observe_review(webhook.as_str(), &reviewed.kind, reviewed.operation, d.verdict.as_str(), rule, elapsed);
+    if d.exception_used {
+        metrics.exception_used(&reviewed.kind);
+    }
+    tracing::info!(
+        uid = %reviewed.uid,
+        webhook = webhook.as_str(),
+        kind = %reviewed.kind,
+        namespace = %reviewed.namespace,
+        name = %reviewed.name,
+        operation = reviewed.operation,
+        user = %reviewed.user,
+        dry_run = reviewed.dry_run,
+        decision = d.verdict.as_str(),
+        rule,
+        latency_us = elapsed.as_micros() as u64,
+        reason = %d.message,
+        "admission decision"
+    );
+    ([(header::CONTENT_TYPE, "application/json")], reviewed.body).into_response()
+}
+
+/// A request that is not a review to answer: logged, and answered with a `Status` body as the API server would.
+fn bad_request(status: StatusCode, reason: &'static str, message: String) -> Response {
+    tracing::warn!(status = status.as_u16(), reason, detail = %message, "request rejected");
+    let body = serde_json::json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure",
+        "code": status.as_u16(),
+        "reason": reason,
+        "message": message,
+    });
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
