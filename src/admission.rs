@@ -172,10 +172,7 @@ pub fn review(
     body: &[u8],
     now: Timestamp,
 ) -> Result<Reviewed, ReviewError> {
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let review: ReviewIn<'_> =
-        serde_path_to_error::deserialize(&mut de).map_err(|e| ReviewError::Decode(describe(&e)))?;
-    de.end().map_err(|e| ReviewError::Decode(e.to_string()))?;
+    let review: ReviewIn<'_> = decode(body).map_err(|e| ReviewError::Decode(e.to_string()))?;
     match review.kind.as_deref() {
         Some("AdmissionReview") => {}
         other => return Err(ReviewError::NotAReview(other.unwrap_or_default().to_owned())),
@@ -334,11 +331,41 @@ fn judge(
 /// Reads a raw object as `T`, or says where it is not one.
 fn read_object<T: for<'de> Deserialize<'de>>(raw: Option<&RawValue>, field: &str) -> Result<Option<T>, String> {
     let Some(raw) = raw else { return Ok(None) };
-    let mut de = serde_json::Deserializer::from_str(raw.get());
-    serde_path_to_error::deserialize(&mut de).map(Some).map_err(|e| {
-        let path = e.path().to_string();
-        let at = if path == "." { field.to_owned() } else { format!("{field}.{path}") };
-        format!("{at}: {}", e.inner())
+    decode(raw.get().as_bytes()).map(Some).map_err(|e| match e.path {
+        Some(path) => format!("{field}.{path}: {}", e.error),
+        None => format!("{field}: {}", e.error),
+    })
+}
+
+/// A decoding error and where it happened (`None`: at the top).
+struct DecodeError {
+    path: Option<String>,
+    error: String,
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.path {
+            Some(path) => write!(f, "{path}: {}", self.error),
+            None => f.write_str(&self.error),
+        }
+    }
+}
+
+/// Decodes JSON, and on failure says where. The path is only tracked
+/// when decoding has failed, since tracking it costs an allocation per object key on the fast path.
+fn decode<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T, DecodeError> {
+    serde_json::from_slice(bytes).map_err(|first| {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let tracked: Result<T, _> = serde_path_to_error::deserialize(&mut de);
+        match tracked {
+            Err(e) => {
+                let path = e.path().to_string();
+                DecodeError { path: (path != ".").then_some(path), error: e.into_inner().to_string() }
+            }
+            // Trailing characters: the tracked run stops before them.
+            Ok(_) => DecodeError { path: None, error: first.to_string() },
+        }
     })
 }
 
@@ -351,11 +378,6 @@ fn unreadable(kind: &str, namespace: &str, name: &str, error: String) -> Judged 
          denied to stay safe"
     );
     Judged { decision, namespace: namespace.to_owned(), name: name.to_owned(), unreadable: true }
-}
-
-fn describe(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
-    let path = e.path().to_string();
-    if path == "." { e.inner().to_string() } else { format!("{path}: {}", e.inner()) }
 }
 
 /// The JSON Patch that sets R4's label: into the existing `metadata.labels`, or as a new map.
