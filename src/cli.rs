@@ -155,6 +155,25 @@ pub struct ServeArgs {
     #[arg(long, env = "DEFAULT_DENY_GUARD_NAMESPACE_CACHE", default_value = "auto")]
     pub namespace_cache: NamespaceCacheMode,
 
+    /// A client has this long to complete the TLS handshake.
+    #[arg(long, env = "DEFAULT_DENY_GUARD_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// How long a connection may go without sending a complete request head: a slow client's headers, or an idle
+    /// keep-alive connection. Longer than the API server's own idle pool (90s), so that the API server, not the
+    /// webhook, closes idle connections and no request races a close.
+    #[arg(long, env = "DEFAULT_DENY_GUARD_IDLE_TIMEOUT", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// How long a request's body may take to arrive once its head has (the API server's own webhook timeout is
+    /// 10s by default, 30s at most).
+    #[arg(long, env = "DEFAULT_DENY_GUARD_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+
+    /// Connections served at once; beyond it, new connections wait in the listen backlog until one closes.
+    #[arg(long, env = "DEFAULT_DENY_GUARD_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
     /// How long SIGTERM waits for in-flight requests before exiting.
     #[arg(long, env = "DEFAULT_DENY_GUARD_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,

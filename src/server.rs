@@ -5,13 +5,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::body::{Body, Bytes};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
+use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -28,10 +28,13 @@ use crate::namespaces::NamespaceCache;
 use crate::rules::Settings;
 use crate::tls::{self, CertificateStore, TlsFiles};
 
-/// A client has this long to complete the TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// And this long to send a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The limits that keep slow or stalled clients from starving the API server's requests.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionLimits {
+    handshake: Duration,
+    idle: Duration,
+    max_connections: usize,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -55,6 +58,8 @@ struct AppState {
     ready: AtomicBool,
     /// `--client-ca` given: the admission endpoints answer only clients with a verified certificate.
     client_cert_required: bool,
+    max_body_bytes: usize,
+    request_timeout: Duration,
 }
 
 /// Whether this connection's client presented a certificate that the client CA verified.
@@ -90,6 +95,8 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         metrics: metrics.clone(),
         ready: AtomicBool::new(false),
         client_cert_required: args.client_ca.is_some(),
+        max_body_bytes: args.max_body_bytes,
+        request_timeout: args.request_timeout,
     });
 
     let webhook = bind(args.addr).await?;
@@ -111,14 +118,14 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     }
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let app = router(state.clone(), args.max_body_bytes);
-    let https = tokio::spawn(serve_https(
-        webhook,
-        TlsAcceptor::from(Arc::new(tls_config)),
-        app,
-        stop_rx.clone(),
-        args.shutdown_timeout,
-    ));
+    let app = router(state.clone());
+    let limits = ConnectionLimits {
+        handshake: args.handshake_timeout,
+        idle: args.idle_timeout,
+        max_connections: args.max_connections.max(1),
+    };
+    let acceptor = TlsAcceptor::from(Arc::new(tls_config));
+    let https = tokio::spawn(serve_https(webhook, acceptor, app, limits, stop_rx.clone(), args.shutdown_timeout));
     let metrics_app = Router::new()
         .route(
             "/metrics",
@@ -215,14 +222,26 @@ async fn serve_https(
     listener: TcpListener,
     tls: TlsAcceptor,
     app: Router,
+    limits: ConnectionLimits,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    // hyper's header timeout also runs while a keep-alive connection waits for its next request: it is the idle
+    // timeout too.
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.idle).keep_alive(true);
+    builder.http2().timer(TokioTimer::new()).keep_alive_interval(Duration::from_secs(30));
+    // The protocol is the one ALPN settled. Sniffing the first bytes instead would wait, untimed, for a client that
+    // sends none, and would cost a read on every new connection.
+    let (http1, http2) = (builder.clone().http1_only(), builder.http2_only());
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     loop {
+        // At the limit, stop accepting: new connections wait in the kernel's backlog rather than being refused.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+            _ = stopped(&mut stop) => break,
+        };
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -235,10 +254,12 @@ async fn serve_https(
             },
             _ = stopped(&mut stop) => break,
         };
-        let (tls, app, builder, watcher) = (tls.clone(), app.clone(), builder.clone(), graceful.watcher());
+        let (tls, app, watcher) = (tls.clone(), app.clone(), graceful.watcher());
+        let (http1, http2) = (http1.clone(), http2.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let _ = tcp.set_nodelay(true);
-            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+            let stream = match tokio::time::timeout(limits.handshake, tls.accept(tcp)).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -249,12 +270,24 @@ async fn serve_https(
                     return;
                 }
             };
-            let verified = ClientCertificate(stream.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty()));
+            let session = stream.get_ref().1;
+            let verified = ClientCertificate(session.peer_certificates().is_some_and(|c| !c.is_empty()));
+            let builder = if session.alpn_protocol() == Some(b"h2") {
+                // HTTP/2 has no header timeout: a client that never sends its preface is cut off here.
+                let first_bytes = stream.get_ref().0.readable();
+                if !matches!(tokio::time::timeout(limits.idle, first_bytes).await, Ok(Ok(()))) {
+                    tracing::debug!(%peer, "HTTP/2 connection idle before its first request");
+                    return;
+                }
+                http2
+            } else {
+                http1
+            };
             let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(verified);
                 app.clone().oneshot(req)
             });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
             if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
@@ -266,7 +299,7 @@ async fn serve_https(
     }
 }
 
-fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
+fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/validate", post(validate))
         .route("/mutate", post(mutate))
@@ -283,7 +316,6 @@ fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
             let message = format!("method {method} not allowed: admission reviews are sent with POST");
             bad_request(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed", message)
         })
-        .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)
 }
 
@@ -299,30 +331,47 @@ async fn validate(
     State(state): State<Arc<AppState>>,
     client: Option<Extension<ClientCertificate>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
-    admit(&state, Webhook::Validate, client, &headers, body)
+    admit(&state, Webhook::Validate, client, &headers, body).await
 }
 
 async fn mutate(
     State(state): State<Arc<AppState>>,
     client: Option<Extension<ClientCertificate>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
-    admit(&state, Webhook::Mutate, client, &headers, body)
+    admit(&state, Webhook::Mutate, client, &headers, body).await
+}
+
+/// Why a body could not be read.
+enum BodyError {
+    TooLarge,
+    TimedOut,
+    Broken(String),
+}
+
+/// Reads the body, at most `limit` bytes and within `timeout`.
+async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, BodyError> {
+    let limited = http_body_util::Limited::new(body, limit);
+    match tokio::time::timeout(timeout, limited.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(BodyError::TooLarge),
+        Ok(Err(e)) => Err(BodyError::Broken(e.to_string())),
+        Err(_) => Err(BodyError::TimedOut),
+    }
 }
 
 /// One admission review: checks the HTTP envelope, then answers through [`admission::review`]. The decision is
 /// microseconds of CPU, so it runs on the request's task.
-fn admit(
+async fn admit(
     state: &AppState,
     webhook: Webhook,
     client: Option<Extension<ClientCertificate>>,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
-    let started = Instant::now();
     let metrics = &state.metrics;
     if state.client_cert_required && !client.is_some_and(|Extension(ClientCertificate(ok))| ok) {
         metrics.invalid_request("client_certificate");
@@ -345,20 +394,25 @@ fn admit(
             "the body must be an AdmissionReview with Content-Type: application/json".into(),
         );
     }
-    let body = match body {
+    let body = match read_body(body, state.max_body_bytes, state.request_timeout).await {
         Ok(body) => body,
-        Err(rejection) => {
-            let status = rejection.status();
-            let too_large = status == StatusCode::PAYLOAD_TOO_LARGE;
-            metrics.invalid_request(if too_large { "too_large" } else { "body" });
-            let (reason, message) = if too_large {
-                ("RequestEntityTooLarge", "the body is larger than --max-body-bytes".to_owned())
-            } else {
-                ("BadRequest", format!("cannot read the body: {}", rejection.body_text()))
-            };
-            return bad_request(status, reason, message);
+        Err(BodyError::TooLarge) => {
+            metrics.invalid_request("too_large");
+            let message = format!("the body is larger than --max-body-bytes ({} bytes)", state.max_body_bytes);
+            return bad_request(StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge", message);
+        }
+        Err(BodyError::TimedOut) => {
+            metrics.invalid_request("timeout");
+            let message = format!("the body did not arrive within --request-timeout ({:?})", state.request_timeout);
+            return bad_request(StatusCode::REQUEST_TIMEOUT, "Timeout", message);
+        }
+        Err(BodyError::Broken(e)) => {
+            metrics.invalid_request("body");
+            return bad_request(StatusCode::BAD_REQUEST, "BadRequest", format!("cannot read the body: {e}"));
         }
     };
+    // Time the decision from the complete body: the wait for a slow client's bytes is not the webhook's latency.
+    let started = Instant::now();
     let reviewed = match admission::review(&state.settings, &state.namespaces, webhook, &body, jiff::Timestamp::now()) {
         Ok(r) => r,
         Err(e) => {

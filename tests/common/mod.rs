@@ -209,17 +209,29 @@ impl Https {
     }
 
     pub async fn request(&self, method: &str, url: &str, content_type: Option<&str>, body: Vec<u8>) -> Reply {
+        self.try_request(method, url, content_type, body).await.unwrap()
+    }
+
+    /// A request whose failure (TLS, connection) is an answer too.
+    pub async fn try_request(
+        &self,
+        method: &str,
+        url: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<Reply, String> {
         let mut req = hyper::Request::builder().method(method).uri(url);
         if let Some(ct) = content_type {
             req = req.header("content-type", ct);
         }
-        let resp = self.client.request(req.body(Full::new(Bytes::from(body))).unwrap()).await.unwrap();
+        let resp =
+            self.client.request(req.body(Full::new(Bytes::from(body))).unwrap()).await.map_err(|e| format!("{e:?}"))?;
         let status = resp.status().as_u16();
         let version = resp.version();
         let content_type =
             resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
-        let body = resp.into_body().collect().await.unwrap().to_bytes().to_vec();
-        Reply { status, content_type, body, version }
+        let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes().to_vec();
+        Ok(Reply { status, content_type, body, version })
     }
 
     /// POSTs a review as kube-apiserver does, with its `?timeout=10s`.
