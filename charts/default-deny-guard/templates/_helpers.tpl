@@ -168,12 +168,15 @@ The caBundle for the webhook configurations (base64 of PEM), or "" when cert-man
 === The webhooks' scope ===
 
 The release namespace is exempt from every webhook (in-cluster mode). The webhook's pods run there, so with
-`failurePolicy: Fail` a broken webhook (bad NetworkPolicy in that namespace, crash loop, expired certificate) would
-otherwise refuse the very NetworkPolicy change that repairs it. The selector uses `kubernetes.io/metadata.name`,
+`failurePolicy: Fail` a webhook that cannot answer (a NetworkPolicy in that namespace that cuts the API server off
+from the pods, a crash loop, an expired certificate) would otherwise refuse the very NetworkPolicy or namespace
+change that repairs it. The selector uses `kubernetes.io/metadata.name`,
 which the API server sets on every namespace and nobody can change, so no other namespace can claim the exemption.
+
+"default-deny-guard.namespaceSelector" takes (dict "exclude" NAMES "user" SELECTOR): the chart's exemption of NAMES,
+ANDed with the user's selector terms.
 */}}
 {{- define "default-deny-guard.namespaceSelector" -}}
-{{- $ctx := .context }}
 {{- $exclude := .exclude }}
 {{- $user := default dict .user }}
 {{- $expressions := list }}
