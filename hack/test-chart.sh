@@ -28,6 +28,8 @@ trap '[ -n "$pytest_pid" ] && kill "$pytest_pid" 2>/dev/null; rm -rf "$logdir"' 
 passed=0
 failed=0
 failures=()
+tests_passed=0   # pytest's own counts, added to the checks' in the closing line
+tests_failed=0
 start=$SECONDS
 
 # check NAME COMMAND...: runs a check, keeps its output, prints it only when it fails.
@@ -47,18 +49,18 @@ check() {
 
 # The modes: default values, then each values file of ci/ (the same files chart-testing would use).
 modes=(default)
-values_of() { [ "$1" = default ] || echo "--values=$chart/ci/$1-values.yaml"; }
 for f in "$chart"/ci/*-values.yaml; do
   m=$(basename "$f" -values.yaml)
   [ "$m" = default ] || modes+=("$m")
 done
 
-lint() { helm lint --strict "$chart" $(values_of "$1"); }
+values_file() { if [ "$1" = default ]; then echo /dev/null; else echo "$chart/ci/$1-values.yaml"; fi; }
+lint() { helm lint --strict "$chart" --values "$(values_file "$1")"; }
 # validate MODE [KUBE_VERSION [HELM_ARGS...]]: renders for that Kubernetes version and validates against its schemas.
 validate() {
   local mode=$1 version=${2:-$kube_version}
   shift $(($# < 2 ? $# : 2))
-  helm template "$release" "$chart" --namespace "$namespace" --kube-version "$version" $(values_of "$mode") "$@" \
+  helm template "$release" "$chart" --namespace "$namespace" --kube-version "$version" --values "$(values_file "$mode")" "$@" \
     | "$python" "$root/tests/chart/builtin_kinds.py" \
     | kubernetes-validate --strict -k "$version" --quiet -
 }
@@ -82,20 +84,27 @@ echo "hadolint:"
 check "hadolint --failure-threshold warning Dockerfile" hadolint --failure-threshold warning "$root/Dockerfile"
 
 echo "pytest tests/chart:"
-if wait "$pytest_pid"; then
-  passed=$((passed + 1))
-  printf '  ok    %s\n' "$(tail -n 1 "$pytest_log" | tr -d '=' | sed 's/^ *//; s/ *$//')"
+wait "$pytest_pid"
+pytest_rc=$?
+pytest_pid=
+summary=$(tail -n 1 "$pytest_log" | tr -d '=' | sed 's/^ *//; s/ *$//')
+tests_passed=$(grep -o '[0-9]* passed' <<<"$summary" | grep -o '[0-9]*' || echo 0)
+tests_failed=$(( $(grep -o '[0-9]* failed' <<<"$summary" | grep -o '[0-9]*' || echo 0) \
+               + $(grep -o '[0-9]* error' <<<"$summary" | grep -o '[0-9]*' || echo 0) ))
+if [ "$pytest_rc" -eq 0 ]; then
+  printf '  ok    %s\n' "$summary"
 else
-  failed=$((failed + 1))
+  [ "$tests_failed" -gt 0 ] || tests_failed=1   # pytest itself failed (collection, missing module)
   failures+=("pytest")
   sed 's/^/        /' "$pytest_log"
-  printf '  FAIL  pytest\n'
+  printf '  FAIL  pytest: %s\n' "$summary"
 fi
 
 echo
-echo "test-chart: $((SECONDS - start))s, helm $(helm version --short), kubernetes schemas $kube_version"
-if [ "$failed" -gt 0 ]; then
+echo "test-chart: $((SECONDS - start))s; helm $(helm version --short); Kubernetes schemas $kube_version;" \
+  "$passed checks and $tests_passed pytest tests passed"
+if [ "${#failures[@]}" -gt 0 ]; then
   printf 'test-chart: failed: %s\n' "${failures[@]}"
 fi
-echo "test-chart: $passed passed, $failed failed"
-[ "$failed" -eq 0 ]
+echo "test-chart: $((passed + tests_passed)) passed, $((failed + tests_failed)) failed"
+[ "${#failures[@]}" -eq 0 ]

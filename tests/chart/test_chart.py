@@ -310,6 +310,104 @@ def test_self_signed_ca_bundle_matches_the_secret():
     assert "checksum/tls" in r.deployment["spec"]["template"]["metadata"]["annotations"]
 
 
+class FakeKubeAPI:
+    """Just enough of a Kubernetes API for Helm's `lookup` of the TLS Secret (`helm template --dry-run=server`):
+    discovery of v1 Secrets and GET of the Secrets it holds. Stands in for the cluster of an upgrade."""
+
+    def __init__(self, secrets: dict[str, dict]):
+        import http.server
+        import threading
+
+        outer = self
+        self.requests: list[str] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                outer.requests.append(self.path)
+                path = self.path.split("?")[0].strip("/").split("/")
+                if path == ["version"]:
+                    return self.reply(200, {"major": "1", "minor": "33", "gitVersion": "v1.33.0"})
+                if path == ["api", "v1"]:
+                    return self.reply(200, {"kind": "APIResourceList", "groupVersion": "v1", "resources": [
+                        {"name": "secrets", "singularName": "secret", "namespaced": True, "kind": "Secret",
+                         "verbs": ["get", "list"]}]})
+                if len(path) == 6 and path[:3] == ["api", "v1", "namespaces"] and path[4] == "secrets":
+                    found = secrets.get(f"{path[3]}/{path[5]}")
+                    if found:
+                        return self.reply(200, found)
+                return self.reply(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                        "reason": "NotFound", "code": 404})
+
+            def reply(self, code, body):
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def kubeconfig(self, tmp_path) -> str:
+        path = tmp_path / "kubeconfig"
+        path.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "clusters": [{"name": "fake", "cluster": {"server": f"http://127.0.0.1:{self.server.server_port}"}}],
+            "users": [{"name": "fake", "user": {"token": "fake"}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}]}))
+        return str(path)
+
+    def close(self):
+        self.server.shutdown()
+
+
+def render_against(api: FakeKubeAPI, tmp_path) -> Rendering:
+    import os
+    from conftest import helm
+    proc = subprocess.run([helm(), "template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=server"],
+                          capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, KUBECONFIG=api.kubeconfig(tmp_path)))
+    assert proc.returncode == 0, proc.stderr
+    return Rendering([d for d in yaml.safe_load_all(proc.stdout) if d])
+
+
+def test_self_signed_certificate_is_kept_across_upgrades(tmp_path):
+    """On upgrade, `lookup` reads the Secret back: same CA, certificate and key, same caBundle, same checksum (no
+    pod restart), so the API server never trusts a CA that the pods do not serve."""
+    installed = render()
+    secret = installed.one("Secret")
+    api = FakeKubeAPI({f"{NAMESPACE}/{secret['metadata']['name']}": secret})
+    try:
+        upgraded = render_against(api, tmp_path)
+        again = render_against(api, tmp_path)
+    finally:
+        api.close()
+    assert f"/api/v1/namespaces/{NAMESPACE}/secrets/{FULLNAME}-tls" in [p.split("?")[0] for p in api.requests]
+    assert upgraded.one("Secret")["data"] == secret["data"]
+    for w in upgraded.webhooks().values():
+        assert w["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
+    checksum = lambda r: r.deployment["spec"]["template"]["metadata"]["annotations"]["checksum/tls"]
+    assert checksum(upgraded) == checksum(again) == checksum(installed)
+
+
+def test_self_signed_certificate_is_remade_when_the_secret_is_incomplete(tmp_path):
+    """A Secret without ca.crt (say, made by hand) cannot back a caBundle: the chart makes a new pair."""
+    secret = render().one("Secret")
+    partial = dict(secret, data={k: v for k, v in secret["data"].items() if k != "ca.crt"})
+    api = FakeKubeAPI({f"{NAMESPACE}/{secret['metadata']['name']}": partial})
+    try:
+        upgraded = render_against(api, tmp_path)
+    finally:
+        api.close()
+    data = upgraded.one("Secret")["data"]
+    assert data["tls.crt"] != secret["data"]["tls.crt"] and data["ca.crt"]
+    assert {w["clientConfig"]["caBundle"] for w in upgraded.webhooks().values()} == {data["ca.crt"]}
+
+
 def test_self_signed_certificate_is_made_once_per_rendering():
     """Secret, webhook configurations and checksum must all use the same generated pair."""
     r = render("monitoring-values.yaml")
