@@ -97,8 +97,8 @@ fn hostile_reviews_get_an_answer_or_a_clear_error() {
         (
             "deep nesting in an ignored field",
             policy_review(&format!(
-                r#"{{"spec":{{"ingress":[{{"from":[{{"podSelector":{}}}]}}]}}}}"#,
-                format!("{{\"a\":{}}}", nested(100))
+                r#"{{"spec":{{"ingress":[{{"from":[{{"podSelector":{{"a":{}}}}}]}}]}}}}"#,
+                nested(100)
             )),
             Want::Denied("default-deny with 1 allow rule"),
         ),
@@ -174,8 +174,14 @@ fn hostile_reviews_get_an_answer_or_a_clear_error() {
         ),
         (
             "duplicate labels: the last wins, as in the API server",
-            with(&["request", "object", "metadata", "labels"], json!({})).iter().copied().collect::<Vec<u8>>(),
-            Want::Allowed,
+            {
+                let old = with(&["request", "oldObject", "metadata", "labels"], json!({"default-deny": "enabled"}));
+                let text = String::from_utf8(old).unwrap();
+                // The new object's labels, written with the key twice: `enabled`, then `off`.
+                text.replacen(r#""labels":{}"#, r#""labels":{"default-deny":"enabled","default-deny":"off"}"#, 1)
+                    .into_bytes()
+            },
+            Want::Denied("changing the label default-deny to \"off\""),
         ),
         (
             "invalid UTF-8 in a string",
