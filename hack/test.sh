@@ -5,3 +5,6 @@ cd "$(dirname "$0")/.."
 
 echo "== cargo test"
 cargo test --locked --all-targets
+
+echo "== chart (helm lint, helm template | kubernetes-validate, assertions, hadolint)"
+./hack/test-chart.sh

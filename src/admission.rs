@@ -162,6 +162,16 @@ pub struct Reviewed {
     pub user: String,
     pub dry_run: bool,
     pub decision: Decision,
+    /// The object could not be read as its kind, and the review was denied for it (fail closed).
+    pub unreadable: bool,
+}
+
+impl Reviewed {
+    /// The `decision` label of the metrics: the verdict, or `error` for a review denied because its object could
+    /// not be read.
+    pub fn decision_label(&self) -> &'static str {
+        if self.unreadable { "error" } else { self.decision.verdict.as_str() }
+    }
 }
 
 /// Answers one AdmissionReview. Pure but for `facts`, which reads the namespace cache.
@@ -232,6 +242,7 @@ pub fn review(
         name: judged.name,
         user: req.user_info.username.unwrap_or_default().into_owned(),
         dry_run: req.dry_run.unwrap_or(false),
+        unreadable: judged.unreadable,
         decision: judged.decision,
     })
 }

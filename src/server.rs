@@ -423,7 +423,8 @@ async fn admit(
     let elapsed = started.elapsed();
     let d = &reviewed.decision;
     let rule = admission::rule_label(d.rule);
-    metrics.observe_review(webhook.as_str(), &reviewed.kind, reviewed.operation, d.verdict.as_str(), rule, elapsed);
+    let decision = reviewed.decision_label();
+    metrics.observe_review(webhook.as_str(), &reviewed.kind, reviewed.operation, decision, rule, elapsed);
     if d.exception_used {
         metrics.exception_used(&reviewed.kind);
     }
@@ -436,7 +437,7 @@ async fn admit(
         operation = reviewed.operation,
         user = %reviewed.user,
         dry_run = reviewed.dry_run,
-        decision = d.verdict.as_str(),
+        decision,
         rule,
         latency_us = elapsed.as_micros() as u64,
         reason = %d.message,

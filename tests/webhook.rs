@@ -557,6 +557,9 @@ async fn metrics_count_what_was_sent() {
     client.request("GET", &guard.url("/validate"), None, vec![]).await;
     client.request("POST", &guard.url("/validate"), Some("application/json"), b"nope".to_vec()).await;
 
+    let unreadable = Review::network_policy("CREATE", "production", "d").object(json!({"spec": []}));
+    client.review(&guard, "/validate", &unreadable.json()).await;
+
     let text = guard.metrics_text().await;
     let requests = "default_deny_guard_admission_requests_total";
     let np = [("webhook", "validate"), ("kind", "NetworkPolicy")];
@@ -572,15 +575,16 @@ async fn metrics_count_what_was_sent() {
         metric(&text, requests, &[("webhook", "mutate"), ("kind", "Namespace"), ("decision", "patch"), ("rule", "R4")]),
         1.0
     );
+    assert_eq!(metric(&text, requests, &[np[0], np[1], ("decision", "error"), ("rule", "none")]), 1.0);
     assert_eq!(metric(&text, "default_deny_guard_exceptions_total", &[("kind", "NetworkPolicy")]), 1.0);
-    assert_eq!(metric(&text, "default_deny_guard_admission_duration_seconds_count", &[("webhook", "validate")]), 4.0);
+    assert_eq!(metric(&text, "default_deny_guard_admission_duration_seconds_count", &[("webhook", "validate")]), 5.0);
     assert_eq!(
         metric(
             &text,
             "default_deny_guard_admission_duration_seconds_bucket",
             &[("webhook", "validate"), ("le", "+Inf")]
         ),
-        4.0
+        5.0
     );
     assert_eq!(metric(&text, "default_deny_guard_invalid_requests_total", &[("reason", "method")]), 1.0);
     assert_eq!(metric(&text, "default_deny_guard_invalid_requests_total", &[("reason", "not_a_review")]), 1.0);
