@@ -2,8 +2,6 @@
 //! is recognised by the namespace's `deletionTimestamp` rather than by the deleter's name alone, and so that system
 //! namespaces can be selected by label.
 
-use std::sync::Arc;
-
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Api;
@@ -64,11 +62,5 @@ impl NamespaceLookup for NamespaceCache {
             terminating: ns.metadata.deletion_timestamp.is_some(),
             system_by_label: ns.metadata.labels.as_ref().is_some_and(|l| settings.system_namespaces.selects_labels(l)),
         }
-    }
-}
-
-impl NamespaceLookup for Arc<dyn NamespaceLookup> {
-    fn facts(&self, settings: &Settings, namespace: &str) -> NamespaceFacts {
-        (**self).facts(settings, namespace)
     }
 }

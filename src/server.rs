@@ -413,13 +413,14 @@ async fn admit(
     };
     // Time the decision from the complete body: the wait for a slow client's bytes is not the webhook's latency.
     let started = Instant::now();
-    let reviewed = match admission::review(&state.settings, &state.namespaces, webhook, &body, jiff::Timestamp::now()) {
-        Ok(r) => r,
-        Err(e) => {
-            metrics.invalid_request("not_a_review");
-            return bad_request(StatusCode::BAD_REQUEST, "BadRequest", e.to_string());
-        }
-    };
+    let reviewed =
+        match admission::review(&state.settings, state.namespaces.as_ref(), webhook, &body, jiff::Timestamp::now()) {
+            Ok(r) => r,
+            Err(e) => {
+                metrics.invalid_request("not_a_review");
+                return bad_request(StatusCode::BAD_REQUEST, "BadRequest", e.to_string());
+            }
+        };
     let elapsed = started.elapsed();
     let d = &reviewed.decision;
     let rule = admission::rule_label(d.rule);
