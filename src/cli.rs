@@ -1,7 +1,7 @@
 //! The command line: one binary, a subcommand per job (SPEC section 1). Every flag is also an environment variable
 //! `DEFAULT_DENY_GUARD_<FLAG>`, so that a Deployment can configure it either way.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -26,10 +26,17 @@ pub enum LogFormat {
     Text,
 }
 
+// Parsed once at start-up: the size of the largest variant costs nothing worth boxing for.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the admission webhook over HTTPS (and metrics over plain HTTP).
     Serve(ServeArgs),
+    /// Judge manifest files offline with the webhook's rules, for CI: exit 0 clean, 1 on a violation, 2 on
+    /// unreadable input.
+    Check(CheckArgs),
+    /// Make a CA and a serving certificate for the webhook's Service, and print the caBundle.
+    Certs(CertsArgs),
 }
 
 /// The rules' configuration, shared by every subcommand that judges objects.
@@ -179,6 +186,71 @@ pub struct ServeArgs {
     pub shutdown_timeout: Duration,
 }
 
+/// How `check` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// A line per finding, then a summary.
+    Text,
+    /// One JSON document: summary, results, skipped documents, errors.
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// Manifest files, directories (searched recursively for .yaml, .yml and .json files, hidden entries left
+    /// out) or `-` for stdin (`kustomize build ... | default-deny-guard check -`).
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+
+    /// The namespace of a NetworkPolicy without `metadata.namespace`: where `kubectl apply` would put it.
+    #[arg(long, short = 'n', env = "DEFAULT_DENY_GUARD_CHECK_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+
+    /// `text` for people, `json` for machines.
+    #[arg(long, short = 'o', env = "DEFAULT_DENY_GUARD_CHECK_OUTPUT", default_value = "text")]
+    pub output: OutputFormat,
+
+    /// Also list the NetworkPolicies that pass.
+    #[arg(long, short = 'v', env = "DEFAULT_DENY_GUARD_CHECK_VERBOSE")]
+    pub verbose: bool,
+
+    #[command(flatten)]
+    pub rules: RuleArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CertsArgs {
+    /// Directory for `ca.crt`, `tls.crt` and `tls.key` (made if missing).
+    #[arg(long, env = "DEFAULT_DENY_GUARD_CERTS_OUT", value_name = "DIR")]
+    pub out: PathBuf,
+
+    /// Name of the webhook's Service.
+    #[arg(long, env = "DEFAULT_DENY_GUARD_CERTS_SERVICE", value_name = "NAME")]
+    pub service: String,
+
+    /// Namespace of the webhook's Service.
+    #[arg(long, env = "DEFAULT_DENY_GUARD_CERTS_NAMESPACE", value_name = "NS")]
+    pub namespace: String,
+
+    /// More IP addresses for the certificate, comma-separated or repeated; 127.0.0.1 is always in it, for local
+    /// runs.
+    #[arg(long, env = "DEFAULT_DENY_GUARD_CERTS_IP", value_delimiter = ',')]
+    pub ip: Vec<IpAddr>,
+
+    /// The cluster's DNS domain, for the `NAME.NS.svc.<domain>` name.
+    #[arg(long, env = "DEFAULT_DENY_GUARD_CERTS_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+
+    /// Validity of the CA and the certificate, in days.
+    #[arg(long, env = "DEFAULT_DENY_GUARD_CERTS_DAYS", default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=36_500))]
+    pub days: u32,
+
+    /// Replace the files of an earlier run (and so the CA: the caBundle changes).
+    // No environment variable, unlike the other flags: one left set would replace keys silently.
+    #[arg(long)]
+    pub force: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,7 +264,7 @@ mod tests {
     #[test]
     fn defaults_follow_the_spec() {
         let cli = Cli::try_parse_from(["default-deny-guard", "serve"]).unwrap();
-        let Command::Serve(args) = cli.command;
+        let Command::Serve(args) = cli.command else { panic!("not serve") };
         assert_eq!(args.addr.to_string(), "0.0.0.0:8443");
         assert_eq!(args.metrics_addr.to_string(), "0.0.0.0:9090");
         let settings = args.rules.settings().unwrap();
@@ -220,14 +292,63 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cli.log_format, LogFormat::Json);
-        let Command::Serve(args) = cli.command;
+        let Command::Serve(args) = cli.command else { panic!("not serve") };
         let settings = args.rules.settings().unwrap();
         assert_eq!(settings.warn, [RuleId::R2, RuleId::R5]);
         assert!(settings.system_namespaces.contains_name("openshift-dns"));
         assert!(Cli::try_parse_from(["default-deny-guard", "serve", "--warn", "R9"]).is_err());
         assert!(Cli::try_parse_from(["default-deny-guard", "serve", "--tls-cert", "x"]).is_err(), "needs --tls-key");
         let bad = Cli::try_parse_from(["default-deny-guard", "serve", "--system-namespaces", "*"]).unwrap();
-        let Command::Serve(args) = bad.command;
+        let Command::Serve(args) = bad.command else { panic!("not serve") };
         assert!(args.rules.settings().is_err());
+    }
+
+    #[test]
+    fn check_takes_paths_and_the_rule_flags_of_serve() {
+        let cli = Cli::try_parse_from([
+            "default-deny-guard",
+            "check",
+            "-o",
+            "json",
+            "--namespace",
+            "team-a",
+            "--warn",
+            "R1",
+            "overlays/prod",
+            "-",
+        ])
+        .unwrap();
+        let Command::Check(args) = cli.command else { panic!("not check") };
+        assert_eq!(args.paths, [PathBuf::from("overlays/prod"), PathBuf::from("-")]);
+        assert_eq!((args.output, args.namespace.as_str()), (OutputFormat::Json, "team-a"));
+        assert_eq!(args.rules.settings().unwrap().warn, [RuleId::R1]);
+        let defaults = Cli::try_parse_from(["default-deny-guard", "check", "a.yaml"]).unwrap();
+        let Command::Check(args) = defaults.command else { panic!("not check") };
+        assert_eq!((args.output, args.namespace.as_str()), (OutputFormat::Text, "default"));
+        assert!(Cli::try_parse_from(["default-deny-guard", "check"]).is_err(), "a PATH is required");
+    }
+
+    #[test]
+    fn certs_needs_out_service_and_namespace() {
+        let cli = Cli::try_parse_from([
+            "default-deny-guard",
+            "certs",
+            "--out",
+            "certs",
+            "--service",
+            "guard",
+            "--namespace",
+            "ddg",
+            "--ip",
+            "10.0.0.1,::1",
+        ])
+        .unwrap();
+        let Command::Certs(args) = cli.command else { panic!("not certs") };
+        assert_eq!((args.days, args.force, args.cluster_domain.as_str()), (365, false, "cluster.local"));
+        assert_eq!(args.ip.len(), 2);
+        assert!(Cli::try_parse_from(["default-deny-guard", "certs", "--out", "c", "--service", "g"]).is_err());
+        let zero_days =
+            ["default-deny-guard", "certs", "--out", "c", "--service", "g", "--namespace", "n", "--days", "0"];
+        assert!(Cli::try_parse_from(zero_days).is_err());
     }
 }

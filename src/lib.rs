@@ -2,6 +2,7 @@
 
 pub mod admission;
 pub mod certs;
+pub mod check;
 pub mod cli;
 pub mod metrics;
 pub mod namespaces;

@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use default_deny_guard::cli::{Cli, Command};
-use default_deny_guard::{server, telemetry};
+use default_deny_guard::{certs, check, server, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -18,5 +18,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Check(args) => check::run(&args),
+        Command::Certs(args) => certs::run(&args),
     }
 }
