@@ -5,6 +5,7 @@ pub mod certs;
 pub mod cli;
 pub mod metrics;
 pub mod namespaces;
+pub mod reconcile;
 pub mod rules;
 pub mod server;
 pub mod telemetry;
