@@ -182,4 +182,62 @@ mod tests {
             ]
         );
     }
+
+    fn planned() -> Vec<Planned> {
+        let settings = Settings::default();
+        let namespaces = [meta("team-a", &[], &[]), meta("kube-system", &[], &[]), meta("team-c", &[], &[])];
+        plan(&settings, &namespaces, "2026-06-30T12:00:00Z".parse().unwrap())
+    }
+
+    #[tokio::test]
+    async fn dry_run_lists_and_sends_nothing() {
+        let (client, api) = crate::reconcile::mock::client();
+        let mut out = Vec::new();
+        let report = run(&client, &Settings::default(), &planned(), true, &mut out).await.unwrap();
+        drop(client);
+        crate::reconcile::mock::no_more_requests(api).await;
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "# dry run: 2 namespace(s) would be labelled default-deny=enabled\n\
+             skip   kube-system (system namespace)\n\
+             label  team-a\n\
+             label  team-c\n"
+        );
+        assert_eq!((report.labelled, report.skipped, report.failed.len()), (2, 1, 0));
+    }
+
+    #[tokio::test]
+    async fn backfill_patches_only_the_label_conditionally_and_reports_failures() {
+        use crate::reconcile::mock::{Expect, serve, status};
+        let (client, mut api) = crate::reconcile::mock::client();
+        let server = async move {
+            for (name, code) in [("team-a", 200), ("team-c", 409)] {
+                let answer = if code == 200 {
+                    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+                } else {
+                    status(409, "Conflict", "the object has been modified")
+                };
+                serve(
+                    &mut api,
+                    Expect::new("PATCH", format!("/api/v1/namespaces/{name}?&fieldManager=default-deny-guard"))
+                        .content_type("application/merge-patch+json")
+                        .body(json!({"metadata": {"labels": {"default-deny": "enabled"}, "resourceVersion": "5"}}))
+                        .answer(code, answer),
+                )
+                .await;
+            }
+            api
+        };
+        let mut out = Vec::new();
+        let (settings, planned) = (Settings::default(), planned());
+        let (report, api) = tokio::join!(run(&client, &settings, &planned, false, &mut out), server);
+        drop(client);
+        crate::reconcile::mock::no_more_requests(api).await;
+        let report = report.unwrap();
+        assert_eq!((report.labelled, report.skipped), (1, 1));
+        assert_eq!(report.failed.len(), 1);
+        let out = String::from_utf8(out).unwrap();
+        assert!(out.contains("label  team-a: done"), "{out}");
+        assert!(out.contains("label  team-c: FAILED: the namespace changed since it was listed"), "{out}");
+    }
 }

@@ -75,3 +75,44 @@ pub fn report(
         Exit::Unprotected
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reconcile::state::Gap;
+
+    #[test]
+    fn exit_status_and_report() {
+        let error = ReconcileError::CacheNotSynced;
+        let results = vec![
+            ("team-a".to_owned(), Ok(Outcome::Created)),
+            ("team-b".to_owned(), Ok(Outcome::InSync)),
+            ("team-c".to_owned(), Ok(Outcome::Conflict("conflict with \"kubectl\"".into()))),
+        ];
+        let clean = Survey { protected: 2, exempt: 3, unprotected: vec![] };
+        let gaps = Survey {
+            protected: 1,
+            exempt: 3,
+            unprotected: vec![
+                ("team-c".into(), Gap::Missing),
+                ("team-d".into(), Gap::NotEnabled { void_exception: None }),
+            ],
+        };
+        let mut out = Vec::new();
+        assert_eq!(report(&results[..2], &clean, &mut out).unwrap(), Exit::Success);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "created      team-a\nnamespaces: 2 protected, 0 unprotected, 3 exempt; 0 error(s)\n"
+        );
+        let mut out = Vec::new();
+        assert_eq!(report(&results, &gaps, &mut out).unwrap(), Exit::Unprotected);
+        let out = String::from_utf8(out).unwrap();
+        assert!(out.contains("conflict     team-c: conflict with \"kubectl\"\n"), "{out}");
+        assert!(out.contains("unprotected  team-c: NetworkPolicy default-deny-all is missing\n"), "{out}");
+        assert!(out.contains("unprotected  team-d: the enable label is missing\n"), "{out}");
+        let mut with_error = results;
+        with_error.push(("team-e".into(), Err(error)));
+        assert_eq!(report(&with_error, &clean, &mut Vec::new()).unwrap(), Exit::ApiError);
+        assert_eq!([Exit::Success.code(), Exit::Unprotected.code(), Exit::ApiError.code()], [0, 1, 2]);
+    }
+}
