@@ -24,7 +24,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use super::desired::{Drift, MANAGED_BY, MANAGER, POLICY_NAME, PolicyTemplate};
 use super::metrics::ReconcileMetrics;
@@ -84,6 +84,9 @@ pub struct Context {
     deleted: Mutex<HashSet<String>>,
     /// Consecutive failures per namespace, for the backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// Whether the policy cache holds its first list. Kept here rather than read from the store: kube's
+    /// `Store::wait_until_ready` wakes only the last of several concurrent waiters.
+    policies_synced: watch::Sender<bool>,
     /// Woken after every reconcile, so that the namespace gauge is surveyed again.
     pub changed: Notify,
 }
@@ -109,8 +112,27 @@ impl Context {
             clock: Timestamp::now,
             deleted: Mutex::default(),
             failures: Mutex::default(),
+            policies_synced: watch::Sender::new(true),
             changed: Notify::new(),
         }
+    }
+
+    /// For a policy cache that a watch fills: reconciles wait until [`Context::mark_policies_synced`].
+    pub fn with_unsynced_policies(self) -> Context {
+        self.policies_synced.send_replace(false);
+        self
+    }
+
+    /// The policy watch delivered its first complete list.
+    pub fn mark_policies_synced(&self) {
+        self.policies_synced.send_replace(true);
+    }
+
+    /// Resolves once the policy cache holds its first list.
+    pub async fn policies_synced(&self) {
+        let mut synced = self.policies_synced.subscribe();
+        // The sender lives in `self`, so this only ends when synced.
+        let _ = synced.wait_for(|s| *s).await;
     }
 
     /// Another clock, for tests of exceptions that expire.
@@ -214,8 +236,6 @@ pub enum ReconcileError {
     },
     #[error("reconciling namespace {namespace} took longer than {after:?}")]
     Timeout { namespace: String, after: Duration },
-    #[error("the cache of managed NetworkPolicies has not synced (is the policy watch allowed and working?)")]
-    CacheNotSynced,
 }
 
 impl ReconcileError {
@@ -230,7 +250,6 @@ impl ReconcileError {
     pub fn reason(&self) -> &'static str {
         match self {
             ReconcileError::Timeout { .. } => "timeout",
-            ReconcileError::CacheNotSynced => "cache_not_synced",
             _ => match self.kube() {
                 Some(kube::Error::Api(status)) => match status.code {
                     401 | 403 => "forbidden",
@@ -298,10 +317,9 @@ pub fn error_policy(namespace: Arc<NamespaceMeta>, error: &ReconcileError, ctx: 
 
 /// Brings one namespace to its desired state. Public for `--once`, which reports the outcomes.
 pub async fn reconcile_namespace(namespace: &NamespaceMeta, ctx: &Context) -> Result<Reconciled, ReconcileError> {
-    // Before the policy cache's first list, a missing policy is only unknown: wait rather than apply blindly.
-    if ctx.policies.wait_until_ready().await.is_err() {
-        return Err(ReconcileError::CacheNotSynced);
-    }
+    // Before the policy cache's first list, a missing policy is only unknown: wait (within the reconcile's time
+    // limit) rather than apply blindly.
+    ctx.policies_synced().await;
     let name = namespace.name_any();
     let now = ctx.now();
     let resync = Some(ctx.timing.resync);

@@ -175,21 +175,17 @@ pub async fn run(args: ReconcileArgs) -> Result<Exit, RunError> {
     }
 
     let (policies, policy_writer) = reflector::store::<NetworkPolicy>();
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        settings,
-        template,
-        policies,
-        reconcile_metrics.clone(),
-        args.timing(),
-        reporter,
-    ));
+    let ctx = Arc::new(
+        Context::new(client.clone(), settings, template, policies, reconcile_metrics.clone(), args.timing(), reporter)
+            .with_unsynced_policies(),
+    );
     let endpoints = serve::Endpoints {
         health_addr: args.health_addr,
         metrics_addr: args.metrics_addr,
         concurrency: args.concurrency,
         shutdown_timeout: args.shutdown_timeout,
     };
-    serve::run(client, ctx, policy_writer, metrics, reconcile_metrics, endpoints).await?;
+    serve::run(client, ctx, policy_writer, metrics, reconcile_metrics, endpoints, crate::server::shutdown_signal())
+        .await?;
     Ok(Exit::Success)
 }

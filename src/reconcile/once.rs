@@ -83,7 +83,7 @@ mod tests {
 
     #[test]
     fn exit_status_and_report() {
-        let error = ReconcileError::CacheNotSynced;
+        let error = ReconcileError::Timeout { namespace: "team-e".into(), after: std::time::Duration::from_secs(30) };
         let results = vec![
             ("team-a".to_owned(), Ok(Outcome::Created)),
             ("team-b".to_owned(), Ok(Outcome::InSync)),

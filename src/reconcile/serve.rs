@@ -23,14 +23,13 @@ use kube::runtime::utils::CancelableJoinHandle;
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::net::TcpListener;
 use tokio::runtime::Handle;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::RunError;
 use super::controller::{Context, NamespaceMeta, error_policy, reconcile};
 use super::desired::managed_selector;
 use super::state::Survey;
 use crate::metrics::Metrics;
-use crate::server::shutdown_signal;
 
 /// The gauge is surveyed at most this often: a survey walks every namespace.
 const SURVEY_INTERVAL: Duration = Duration::from_secs(1);
@@ -47,7 +46,7 @@ struct Health {
     ready: AtomicBool,
 }
 
-/// Runs until SIGTERM or SIGINT.
+/// Runs until `shutdown` resolves (SIGTERM or SIGINT in the binary).
 pub async fn run(
     client: kube::Client,
     ctx: Arc<Context>,
@@ -55,6 +54,7 @@ pub async fn run(
     metrics: Metrics,
     survey_metrics: super::metrics::ReconcileMetrics,
     endpoints: Endpoints,
+    shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let health_listener = bind(endpoints.health_addr).await?;
     let metrics_listener = bind(endpoints.metrics_addr).await?;
@@ -65,18 +65,23 @@ pub async fn run(
     let policies = ctx.policies().clone();
     let health = Arc::new(Health { ready: AtomicBool::new(false) });
 
+    // Whether the namespace cache holds its first list: told by the watch itself, since kube's
+    // `Store::wait_until_ready` wakes only one of several concurrent waiters (and the applier is one).
+    let (namespaces_synced_tx, namespaces_synced) = watch::channel(false);
     // Ready once both caches hold their first list.
     {
         let (health, namespaces, policies, ctx) = (health.clone(), namespaces.clone(), policies.clone(), ctx.clone());
+        let mut namespaces_synced = namespaces_synced.clone();
         tokio::spawn(async move {
-            if namespaces.wait_until_ready().await.is_ok() && policies.wait_until_ready().await.is_ok() {
+            if namespaces_synced.wait_for(|s| *s).await.is_ok() {
+                ctx.policies_synced().await;
                 tracing::info!(namespaces = namespaces.len(), policies = policies.len(), "caches synced");
                 health.ready.store(true, Ordering::SeqCst);
                 ctx.changed.notify_one();
             }
         });
     }
-    tokio::spawn(survey_loop(ctx.clone(), namespaces.clone(), survey_metrics));
+    tokio::spawn(survey_loop(ctx.clone(), namespaces.clone(), namespaces_synced, survey_metrics));
 
     // The namespaces: every change is a trigger; the gauge is surveyed again after any of them (a deletion
     // triggers no reconcile).
@@ -84,7 +89,12 @@ pub async fn run(
     let namespace_ctx = ctx.clone();
     let namespace_events =
         reflector::reflector(namespace_writer, watcher(namespace_api, watcher::Config::default()).default_backoff())
-            .inspect_ok(move |_| namespace_ctx.changed.notify_one());
+            .inspect_ok(move |event| {
+                if matches!(event, watcher::Event::InitDone) {
+                    namespaces_synced_tx.send_replace(true);
+                }
+                namespace_ctx.changed.notify_one();
+            });
     // The managed policies, by label: a deletion or a change (including losing the label, which the watch
     // reports as a deletion) triggers the policy's namespace. A namespace cannot own a namespaced object through
     // an ownerReference that kube's `owns` would follow, so the mapping is by the policy's namespace.
@@ -135,7 +145,7 @@ pub async fn run(
     });
     let controller = tokio::spawn(controller);
 
-    let (http_stop_tx, _) = tokio::sync::watch::channel(false);
+    let (http_stop_tx, _) = watch::channel(false);
     let health_app = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -160,7 +170,7 @@ pub async fn run(
     });
     tracing::info!(concurrency = endpoints.concurrency, "reconciler started");
 
-    shutdown_signal().await;
+    shutdown.await;
     health.ready.store(false, Ordering::SeqCst);
     tracing::info!(timeout = ?endpoints.shutdown_timeout, "shutting down: no new reconciles, waiting for running ones");
     let _ = stop_tx.send(());
@@ -177,12 +187,18 @@ pub async fn run(
 
 /// Keeps `default_deny_guard_namespaces` up to date: surveys both caches when woken, at most once a
 /// [`SURVEY_INTERVAL`] (wake-ups meanwhile collapse into one).
-async fn survey_loop(ctx: Arc<Context>, namespaces: Store<NamespaceMeta>, metrics: super::metrics::ReconcileMetrics) {
+async fn survey_loop(
+    ctx: Arc<Context>,
+    namespaces: Store<NamespaceMeta>,
+    mut namespaces_synced: watch::Receiver<bool>,
+    metrics: super::metrics::ReconcileMetrics,
+) {
+    if namespaces_synced.wait_for(|s| *s).await.is_err() {
+        return;
+    }
+    ctx.policies_synced().await;
     loop {
         ctx.changed.notified().await;
-        if namespaces.wait_until_ready().await.is_err() || ctx.policies().wait_until_ready().await.is_err() {
-            return;
-        }
         let all = namespaces.state();
         let survey = Survey::of(
             &ctx.settings,
@@ -207,3 +223,6 @@ async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
 async fn bind(addr: SocketAddr) -> Result<TcpListener, RunError> {
     TcpListener::bind(addr).await.map_err(|source| RunError::Bind { addr, source })
 }
+
+#[cfg(test)]
+mod tests;
