@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::reconcile::desired::{Labels, PolicyTypes};
 use crate::rules::{self, EnableLabel, ExceptionKeys, LabelMatch, RuleId, Settings, SystemNamespaces};
 
 #[derive(Debug, Parser)]
@@ -37,6 +38,8 @@ pub enum Command {
     Check(CheckArgs),
     /// Make a CA and a serving certificate for the webhook's Service, and print the caBundle.
     Certs(CertsArgs),
+    /// Keep the default-deny-all NetworkPolicy in every enabled namespace (the companion controller).
+    Reconcile(ReconcileArgs),
 }
 
 /// The rules' configuration, shared by every subcommand that judges objects.
@@ -251,6 +254,75 @@ pub struct CertsArgs {
     pub force: bool,
 }
 
+/// `reconcile`: the companion controller. Exit status (with `--once`): 0 every namespace protected or exempt, 1 some
+/// unprotected (listed on stdout), 2 API errors.
+#[derive(Debug, Clone, Args)]
+pub struct ReconcileArgs {
+    #[command(flatten)]
+    pub rules: RuleArgs,
+
+    /// The directions the default-deny-all policy denies: `Ingress`, `Egress` or `Ingress,Egress`. Denying egress
+    /// always keeps DNS to the cluster DNS pods allowed (see --dns-*).
+    #[arg(long, env = "DEFAULT_DENY_GUARD_POLICY_TYPES", default_value = "Ingress")]
+    pub policy_types: PolicyTypes,
+
+    /// The namespaces of the cluster DNS pods that egress to port 53 stays allowed to (`key=value,...`, ANDed with
+    /// --dns-pod-selector).
+    #[arg(
+        long,
+        env = "DEFAULT_DENY_GUARD_DNS_NAMESPACE_SELECTOR",
+        default_value = "kubernetes.io/metadata.name=kube-system"
+    )]
+    pub dns_namespace_selector: Labels,
+
+    /// The labels of the cluster DNS pods (`key=value,...`).
+    #[arg(long, env = "DEFAULT_DENY_GUARD_DNS_POD_SELECTOR", default_value = "k8s-app=kube-dns")]
+    pub dns_pod_selector: Labels,
+
+    /// The DNS ports allowed, UDP and TCP each, comma-separated (the pods' ports: 5353 on OpenShift).
+    #[arg(long, env = "DEFAULT_DENY_GUARD_DNS_PORTS", value_delimiter = ',', default_value = "53")]
+    pub dns_ports: Vec<u16>,
+
+    /// One pass over every namespace, then exit: 0 all protected or exempt, 1 some unprotected (listed), 2 on API
+    /// errors. For a CronJob or a CI job.
+    #[arg(long, env = "DEFAULT_DENY_GUARD_ONCE")]
+    pub once: bool,
+
+    /// First label the existing non-system namespaces that lack the enable label (skipping those with a valid
+    /// exception and those being deleted), then go on as usual.
+    #[arg(long, env = "DEFAULT_DENY_GUARD_BACKFILL")]
+    pub backfill: bool,
+
+    /// With --backfill: list what would be labelled, and exit.
+    #[arg(long, env = "DEFAULT_DENY_GUARD_DRY_RUN", requires = "backfill")]
+    pub dry_run: bool,
+
+    /// Plain HTTP address of `GET /healthz` and `GET /readyz` (ready once the caches have synced).
+    #[arg(long, env = "DEFAULT_DENY_GUARD_RECONCILE_HEALTH_ADDR", default_value = "0.0.0.0:8081")]
+    pub health_addr: SocketAddr,
+
+    /// Plain HTTP address of `GET /metrics`; not serve's port, as both may run in one pod (hence its own
+    /// environment variable too).
+    #[arg(long, env = "DEFAULT_DENY_GUARD_RECONCILE_METRICS_ADDR", default_value = "0.0.0.0:9091")]
+    pub metrics_addr: SocketAddr,
+
+    /// Every namespace is looked at again after this long, even without a change.
+    #[arg(long, env = "DEFAULT_DENY_GUARD_RESYNC_INTERVAL", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub resync_interval: Duration,
+
+    /// Namespaces reconciled at the same time.
+    #[arg(long, env = "DEFAULT_DENY_GUARD_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+
+    /// How long one namespace's reconcile may take before it fails and is retried with backoff.
+    #[arg(long, env = "DEFAULT_DENY_GUARD_RECONCILE_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub reconcile_timeout: Duration,
+
+    /// How long SIGTERM waits for running reconciles before exiting.
+    #[arg(long, env = "DEFAULT_DENY_GUARD_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,5 +422,64 @@ mod tests {
         let zero_days =
             ["default-deny-guard", "certs", "--out", "c", "--service", "g", "--namespace", "n", "--days", "0"];
         assert!(Cli::try_parse_from(zero_days).is_err());
+    }
+
+    fn reconcile(args: &[&str]) -> Result<ReconcileArgs, clap::Error> {
+        let argv = ["default-deny-guard", "reconcile"].iter().chain(args).copied();
+        let cli = Cli::try_parse_from(argv)?;
+        let Command::Reconcile(args) = cli.command else { panic!("not reconcile") };
+        Ok(args)
+    }
+
+    #[test]
+    fn reconcile_defaults() {
+        let args = reconcile(&[]).unwrap();
+        assert_eq!(args.health_addr.to_string(), "0.0.0.0:8081");
+        assert_eq!(args.metrics_addr.to_string(), "0.0.0.0:9091");
+        assert_eq!(args.policy_types, PolicyTypes { ingress: true, egress: false });
+        assert_eq!(args.dns_namespace_selector.to_string(), "kubernetes.io/metadata.name=kube-system");
+        assert_eq!(args.dns_pod_selector.to_string(), "k8s-app=kube-dns");
+        assert_eq!(args.dns_ports, [53]);
+        assert!(!args.once && !args.backfill && !args.dry_run);
+        assert_eq!(args.resync_interval, Duration::from_secs(600));
+        assert_eq!(args.concurrency, 4);
+        // The rules' flags are serve's: one configuration for the pair.
+        let settings = args.rules.settings().unwrap();
+        assert_eq!(settings.system_namespaces.to_string(), "kube-node-lease,kube-public,kube-system");
+        assert_eq!(settings.enable_label.to_string(), "default-deny=enabled");
+    }
+
+    #[test]
+    fn reconcile_flags_parse() {
+        let args = reconcile(&[
+            "--policy-types",
+            "Ingress,Egress",
+            "--dns-namespace-selector",
+            "kubernetes.io/metadata.name=openshift-dns",
+            "--dns-pod-selector",
+            "dns.operator.openshift.io/daemonset-dns=default",
+            "--dns-ports",
+            "5353",
+            "--system-namespaces",
+            "kube-system,openshift-*",
+            "--enable-label",
+            "netpol=deny",
+            "--backfill",
+            "--dry-run",
+            "--once",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .unwrap();
+        assert!(args.policy_types.egress && args.policy_types.ingress);
+        assert_eq!(args.dns_ports, [5353]);
+        assert!(args.backfill && args.dry_run && args.once);
+        let settings = args.rules.settings().unwrap();
+        assert!(settings.system_namespaces.contains_name("openshift-dns"));
+        assert_eq!(settings.enable_label.to_string(), "netpol=deny");
+        assert!(reconcile(&["--dry-run"]).is_err(), "--dry-run needs --backfill");
+        assert!(reconcile(&["--policy-types", "All"]).is_err());
+        assert!(reconcile(&["--dns-pod-selector", "k8s-app"]).is_err());
+        assert!(reconcile(&["--concurrency", "0"]).is_err());
     }
 }

@@ -2,22 +2,27 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use default_deny_guard::cli::{Cli, Command};
-use default_deny_guard::{certs, check, server, telemetry};
+use default_deny_guard::{certs, check, reconcile, server, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
+    let runtime = || tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match cli.command {
-        Command::Serve(args) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-            match runtime.block_on(server::run(args)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!(error = %e, "serve failed");
-                    ExitCode::FAILURE
-                }
+        Command::Serve(args) => match runtime().block_on(server::run(args)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "serve failed");
+                ExitCode::FAILURE
             }
-        }
+        },
+        Command::Reconcile(args) => match runtime().block_on(reconcile::run(args)) {
+            Ok(exit) => ExitCode::from(exit.code()),
+            Err(e) => {
+                tracing::error!(error = %e, "reconcile failed");
+                ExitCode::from(reconcile::Exit::ApiError.code())
+            }
+        },
         Command::Check(args) => check::run(&args),
         Command::Certs(args) => certs::run(&args),
     }

@@ -62,6 +62,16 @@ impl Exception {
     }
 }
 
+impl Exception {
+    /// The first instant at which a valid exception no longer counts, when it has an expiry; `None` otherwise.
+    pub fn valid_until(&self) -> Option<Timestamp> {
+        match self {
+            Exception::Valid { expires: Some(raw), .. } => parse_expiry(raw),
+            _ => None,
+        }
+    }
+}
+
 impl fmt::Display for Exception {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -133,5 +143,18 @@ mod tests {
                 _ => panic!("{pairs:?}: want {want}, got {got:?}"),
             }
         }
+    }
+
+    #[test]
+    fn valid_until_is_the_first_instant_without_the_exception() {
+        let keys = ExceptionKeys::default();
+        let now = at("2026-06-30T12:00:00Z");
+        let read = |pairs: &[(&str, &str)]| Exception::read(&annotations(pairs), &keys, now);
+        let r = "default-deny-guard.io/exception";
+        let e = "default-deny-guard.io/exception-expires";
+        assert_eq!(read(&[(r, "x"), (e, "2026-06-30")]).valid_until(), Some(at("2026-07-01T00:00:00Z")));
+        assert_eq!(read(&[(r, "x"), (e, "2026-07-01T10:00:00Z")]).valid_until(), Some(at("2026-07-01T10:00:00Z")));
+        assert_eq!(read(&[(r, "x")]).valid_until(), None, "no expiry");
+        assert_eq!(read(&[(r, "x"), (e, "2026-06-01")]).valid_until(), None, "void");
     }
 }

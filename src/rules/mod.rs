@@ -7,6 +7,7 @@
 
 pub mod default_deny;
 pub mod exception;
+pub mod exemption;
 pub mod system_namespaces;
 
 use std::collections::BTreeMap;
@@ -18,6 +19,7 @@ use serde::{Deserialize, Deserializer};
 
 pub use default_deny::{DefaultDeny, Direction, PolicySpec};
 pub use exception::{Exception, ExceptionKeys};
+pub use exemption::Exemption;
 pub use system_namespaces::{LabelMatch, SystemNamespaces};
 
 // === Vocabulary ===

@@ -1,0 +1,191 @@
+//! `reconcile`: the companion controller. Every namespace labelled `default-deny=enabled` (the enable label) that
+//! is not exempt (system namespace, valid exception on the namespace) gets the NetworkPolicy `default-deny-all`,
+//! applied server-side under the field manager `default-deny-guard` and labelled
+//! `app.kubernetes.io/managed-by: default-deny-guard`; a deleted or changed one is restored. Nothing is ever
+//! deleted: when a namespace opts out, the policy stays until someone removes it (with an exception, R2).
+//!
+//! One module per job:
+//! - [`desired`]: the desired policy and drift (pure);
+//! - [`state`]: protected / unprotected / exempt (pure);
+//! - [`controller`]: one namespace's reconcile and the error policy;
+//! - [`policy_api`]: the apply and replace calls;
+//! - [`backfill`]: `--backfill`, labelling namespaces that predate the webhook;
+//! - [`once`]: `--once`, one pass and a report;
+//! - [`serve`]: the long-running controller with its health and metrics endpoints;
+//! - [`snapshot`]: listings for `--once` and `--backfill`;
+//! - [`metrics`]: the reconciler's metrics.
+
+pub mod backfill;
+pub mod controller;
+pub mod desired;
+pub mod metrics;
+#[cfg(test)]
+mod mock;
+pub mod once;
+pub mod policy_api;
+pub mod serve;
+pub mod snapshot;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::runtime::events::Reporter;
+use kube::runtime::reflector;
+
+use crate::cli::ReconcileArgs;
+use crate::metrics::Metrics;
+use controller::{Context, Timing};
+use desired::{DnsAllowance, MANAGER, PolicyTemplate};
+use state::Survey;
+
+/// The exit status of `reconcile`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Done (the controller stopped on a signal), or every namespace protected or exempt (`--once`).
+    Success = 0,
+    /// `--once`: some namespaces are unprotected (listed).
+    Unprotected = 1,
+    /// The API failed (listing, applying, labelling), or the configuration is wrong.
+    ApiError = 2,
+}
+
+impl Exit {
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("no cluster configuration (in-cluster service account or KUBECONFIG): {0}")]
+    NoCluster(#[source] kube::config::InferConfigError),
+    #[error("cannot make a Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+    #[error("listing {what} failed: {source}")]
+    List {
+        what: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write the report: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+impl ReconcileArgs {
+    /// The desired policy that the flags describe.
+    pub fn template(&self) -> PolicyTemplate {
+        PolicyTemplate::new(
+            self.policy_types,
+            DnsAllowance {
+                namespace_selector: self.dns_namespace_selector.clone(),
+                pod_selector: self.dns_pod_selector.clone(),
+                ports: self.dns_ports.clone(),
+            },
+        )
+    }
+
+    pub fn timing(&self) -> Timing {
+        Timing { resync: self.resync_interval, timeout: self.reconcile_timeout, ..Timing::default() }
+    }
+}
+
+/// `default-deny-guard reconcile`: `--backfill` first if asked (and only that with `--dry-run`), then one pass
+/// (`--once`) or the long-running controller.
+pub async fn run(args: ReconcileArgs) -> Result<Exit, RunError> {
+    let settings = args.rules.settings().map_err(RunError::Config)?;
+    if args.dns_ports.is_empty() || args.dns_ports.contains(&0) {
+        return Err(RunError::Config("--dns-ports needs one or more ports between 1 and 65535".into()));
+    }
+    let template = args.template();
+    let config = kube::Config::infer().await.map_err(RunError::NoCluster)?;
+    let cluster = config.cluster_url.to_string();
+    let client = kube::Client::try_from(config).map_err(RunError::Client)?;
+    tracing::info!(
+        cluster,
+        policy_types = %args.policy_types,
+        system_namespaces = %settings.system_namespaces,
+        enable_label = %settings.enable_label,
+        "reconcile"
+    );
+    let stdout = &mut std::io::stdout();
+
+    if args.backfill {
+        let namespaces =
+            snapshot::namespaces(&client).await.map_err(|source| RunError::List { what: "namespaces", source })?;
+        let planned = backfill::plan(&settings, namespaces.iter().map(|n| &n.metadata), jiff::Timestamp::now());
+        let report = backfill::run(&client, &settings, &planned, args.dry_run, stdout).await?;
+        tracing::info!(
+            labelled = report.labelled,
+            skipped = report.skipped,
+            failed = report.failed.len(),
+            dry_run = args.dry_run,
+            "backfill done"
+        );
+        if args.dry_run {
+            return Ok(Exit::Success);
+        }
+        if !report.failed.is_empty() {
+            return Ok(Exit::ApiError);
+        }
+    }
+
+    let metrics = Metrics::new();
+    let reconcile_metrics = metrics::ReconcileMetrics::register(&metrics);
+    let reporter = Reporter::from(MANAGER);
+
+    if args.once {
+        let policies = snapshot::managed_policies(&client)
+            .await
+            .map_err(|source| RunError::List { what: "NetworkPolicies", source })?;
+        let ctx = Arc::new(Context::new(
+            client.clone(),
+            settings.clone(),
+            template.clone(),
+            policies,
+            reconcile_metrics,
+            args.timing(),
+            reporter,
+        ));
+        let namespaces =
+            snapshot::namespaces(&client).await.map_err(|source| RunError::List { what: "namespaces", source })?;
+        let results = once::pass(&ctx, namespaces, usize::from(args.concurrency)).await;
+        // The report is of the cluster as it is after the pass, listed again.
+        let survey = match (snapshot::namespaces(&client).await, snapshot::managed_policies(&client).await) {
+            (Ok(namespaces), Ok(policies)) => Survey::of(
+                &settings,
+                &template,
+                namespaces.iter().map(|n| &n.metadata),
+                |name| policies.get(&reflector::ObjectRef::<NetworkPolicy>::new(desired::POLICY_NAME).within(name)),
+                jiff::Timestamp::now(),
+            ),
+            (Err(source), _) => return Err(RunError::List { what: "namespaces", source }),
+            (_, Err(source)) => return Err(RunError::List { what: "NetworkPolicies", source }),
+        };
+        return Ok(once::report(&results, &survey, stdout)?);
+    }
+
+    let (policies, policy_writer) = reflector::store::<NetworkPolicy>();
+    let ctx = Arc::new(
+        Context::new(client.clone(), settings, template, policies, reconcile_metrics.clone(), args.timing(), reporter)
+            .with_unsynced_policies(),
+    );
+    let endpoints = serve::Endpoints {
+        health_addr: args.health_addr,
+        metrics_addr: args.metrics_addr,
+        concurrency: args.concurrency,
+        shutdown_timeout: args.shutdown_timeout,
+    };
+    serve::run(client, ctx, policy_writer, metrics, reconcile_metrics, endpoints, crate::server::shutdown_signal())
+        .await?;
+    Ok(Exit::Success)
+}
