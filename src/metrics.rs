@@ -10,9 +10,48 @@ use prometheus::{
 const DURATION_BUCKETS: &[f64] =
     &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
 
+/// A registry that exports the build information, as every process of this binary does; `serve` adds the
+/// webhook's metrics to it ([`Metrics`]), `reconcile` the reconciler's.
+#[derive(Clone)]
+pub struct Exporter {
+    registry: Registry,
+}
+
+impl Default for Exporter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Exporter {
+    pub fn new() -> Exporter {
+        let registry = Registry::new();
+        let build_info = IntGaugeVec::new(
+            Opts::new("default_deny_guard_build_info", "The running version; always 1."),
+            &["version"],
+        )
+        .unwrap();
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        registry.register(Box::new(build_info)).unwrap();
+        Exporter { registry }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::with_capacity(8192);
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding never fails");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+/// The webhook's metrics.
 #[derive(Clone)]
 pub struct Metrics {
-    registry: Registry,
+    exporter: Exporter,
     requests: IntCounterVec,
     duration: HistogramVec,
     exceptions: IntCounterVec,
@@ -29,7 +68,8 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let registry = Registry::new();
+        let exporter = Exporter::new();
+        let registry = exporter.registry();
         let requests = IntCounterVec::new(
             Opts::new("default_deny_guard_admission_requests_total", "Admission reviews answered, by outcome."),
             &["webhook", "kind", "operation", "decision", "rule"],
@@ -67,24 +107,12 @@ impl Metrics {
             "notAfter of the serving certificate in use, in seconds since the Unix epoch.",
         )
         .unwrap();
-        let build_info = IntGaugeVec::new(
-            Opts::new("default_deny_guard_build_info", "The running version; always 1."),
-            &["version"],
-        )
-        .unwrap();
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         for c in [&requests, &exceptions, &invalid, &tls_reloads] {
             registry.register(Box::new(c.clone())).unwrap();
         }
         registry.register(Box::new(duration.clone())).unwrap();
         registry.register(Box::new(certificate_expiry.clone())).unwrap();
-        registry.register(Box::new(build_info)).unwrap();
-        Metrics { registry, requests, duration, exceptions, invalid, tls_reloads, certificate_expiry }
-    }
-
-    /// The registry, for other parts (the reconciler) to add their metrics to.
-    pub fn registry(&self) -> &Registry {
-        &self.registry
+        Metrics { exporter, requests, duration, exceptions, invalid, tls_reloads, certificate_expiry }
     }
 
     pub fn observe_review(
@@ -118,8 +146,6 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut out = Vec::with_capacity(8192);
-        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding never fails");
-        String::from_utf8(out).expect("the text format is UTF-8")
+        self.exporter.render()
     }
 }

@@ -1,12 +1,12 @@
-//! The reconciler's metrics, registered on the process's [`Metrics`] registry so that `/metrics` shows them beside
-//! the build information.
+//! The reconciler's metrics, registered on an [`Exporter`] of their own, beside the build
+//! information (not the webhook's metrics: a reconciler has no certificate whose expiry to report).
 
 use std::time::Duration;
 
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts};
 
 use super::state::Survey;
-use crate::metrics::Metrics;
+use crate::metrics::Exporter;
 
 /// From 1 ms: a reconcile that needs no API call takes microseconds, one apply a few milliseconds.
 const DURATION_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -21,7 +21,7 @@ pub struct ReconcileMetrics {
 
 impl ReconcileMetrics {
     /// Registers the reconciler's metrics on `metrics`' registry.
-    pub fn register(metrics: &Metrics) -> ReconcileMetrics {
+    pub fn register(metrics: &Exporter) -> ReconcileMetrics {
         let namespaces = IntGaugeVec::new(
             Opts::new(
                 "default_deny_guard_namespaces",

@@ -35,7 +35,7 @@ use kube::runtime::events::Reporter;
 use kube::runtime::reflector;
 
 use crate::cli::ReconcileArgs;
-use crate::metrics::Metrics;
+use crate::metrics::Exporter;
 use controller::{Context, Timing};
 use desired::{DnsAllowance, MANAGER, PolicyTemplate};
 use state::Survey;
@@ -139,7 +139,7 @@ pub async fn run(args: ReconcileArgs) -> Result<Exit, RunError> {
         }
     }
 
-    let metrics = Metrics::new();
+    let metrics = Exporter::new();
     let reconcile_metrics = metrics::ReconcileMetrics::register(&metrics);
     let reporter = Reporter::from(MANAGER);
 

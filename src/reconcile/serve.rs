@@ -29,7 +29,7 @@ use super::RunError;
 use super::controller::{Context, NamespaceMeta, error_policy, reconcile};
 use super::desired::managed_selector;
 use super::state::Survey;
-use crate::metrics::Metrics;
+use crate::metrics::Exporter;
 
 /// The gauge is surveyed at most this often: a survey walks every namespace.
 const SURVEY_INTERVAL: Duration = Duration::from_secs(1);
@@ -51,7 +51,7 @@ pub async fn run(
     client: kube::Client,
     ctx: Arc<Context>,
     policy_writer: Writer<NetworkPolicy>,
-    metrics: Metrics,
+    metrics: Exporter,
     survey_metrics: super::metrics::ReconcileMetrics,
     endpoints: Endpoints,
     shutdown: impl Future<Output = ()>,
@@ -153,7 +153,7 @@ pub async fn run(
     let metrics_app = Router::new()
         .route(
             "/metrics",
-            get(|State(m): State<Metrics>| async move {
+            get(|State(m): State<Exporter>| async move {
                 ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render())
             }),
         )

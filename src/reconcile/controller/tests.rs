@@ -17,7 +17,7 @@ use kube::runtime::watcher;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::metrics::Metrics;
+use crate::metrics::Exporter;
 use crate::reconcile::desired::DnsAllowance;
 use crate::reconcile::mock::{self, ApiHandle, Expect, serve, status};
 
@@ -34,7 +34,7 @@ fn now() -> Timestamp {
 struct Harness {
     ctx: Arc<Context>,
     api: ApiHandle,
-    metrics: Metrics,
+    metrics: Exporter,
 }
 
 /// A context over the mocked API, with `cached` as the managed-policy cache (synced).
@@ -46,7 +46,7 @@ fn harness(policy_types: &str, cached: Vec<NetworkPolicy>) -> Harness {
         writer.apply_watcher_event(&watcher::Event::InitApply(policy));
     }
     writer.apply_watcher_event(&watcher::Event::InitDone);
-    let metrics = Metrics::new();
+    let metrics = Exporter::new();
     let ctx = Context::new(
         client,
         Settings::default(),
@@ -134,12 +134,12 @@ async fn expect_event(api: &mut ApiHandle, type_: &str, reason: &str) -> Value {
     event
 }
 
-fn counted(metrics: &Metrics, line: &str) -> bool {
+fn counted(metrics: &Exporter, line: &str) -> bool {
     metrics.render().lines().any(|l| l == line)
 }
 
 /// Runs one reconcile of `ns` while the test answers the API; returns its result after `answer` is done.
-async fn reconcile_with<F>(h: Harness, ns: Arc<NamespaceMeta>, answer: F) -> (Result<Action, ReconcileError>, Metrics)
+async fn reconcile_with<F>(h: Harness, ns: Arc<NamespaceMeta>, answer: F) -> (Result<Action, ReconcileError>, Exporter)
 where
     F: AsyncFnOnce(&mut ApiHandle),
 {

@@ -134,7 +134,7 @@ async fn watches_sync_then_a_deleted_policy_is_recreated_in_its_namespace() {
         }
     });
 
-    let metrics = Metrics::new();
+    let metrics = Exporter::new();
     let reconcile_metrics = crate::reconcile::metrics::ReconcileMetrics::register(&metrics);
     let (policies, policy_writer) = reflector::store::<NetworkPolicy>();
     let ctx = Arc::new(Context::new(
@@ -162,6 +162,9 @@ async fn watches_sync_then_a_deleted_policy_is_recreated_in_its_namespace() {
             && text.contains("default_deny_guard_namespaces{state=\"unprotected\"} 0")
     })
     .await;
+    let text = get(metrics_addr, "/metrics").await;
+    assert!(text.contains("default_deny_guard_build_info"), "{text}");
+    assert!(!text.contains("default_deny_guard_certificate_expiry"), "the webhook's metrics are not the reconciler's");
     // In sync at start: nothing was written.
     assert!(writes.try_recv().is_err(), "no write for a namespace already protected");
 
