@@ -40,6 +40,14 @@ impl Exporter {
         &self.registry
     }
 
+    /// `GET /metrics`, for the plain-HTTP metrics port.
+    pub fn router(self) -> axum::Router {
+        let render = |axum::extract::State(exporter): axum::extract::State<Exporter>| async move {
+            ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], exporter.render())
+        };
+        axum::Router::new().route("/metrics", axum::routing::get(render)).with_state(self)
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = Vec::with_capacity(8192);
@@ -147,5 +155,9 @@ impl Metrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         self.exporter.render()
+    }
+
+    pub fn exporter(&self) -> &Exporter {
+        &self.exporter
     }
 }

@@ -126,14 +126,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     };
     let acceptor = TlsAcceptor::from(Arc::new(tls_config));
     let https = tokio::spawn(serve_https(webhook, acceptor, app, limits, stop_rx.clone(), args.shutdown_timeout));
-    let metrics_app = Router::new()
-        .route(
-            "/metrics",
-            get(|State(m): State<Metrics>| async move {
-                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render())
-            }),
-        )
-        .with_state(metrics);
+    let metrics_app = metrics.exporter().clone().router();
     let mut metrics_stop = stop_rx.clone();
     let metrics_server = tokio::spawn(async move {
         let _ = axum::serve(metrics_listener, metrics_app)

@@ -141,16 +141,7 @@ mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-    fn meta(name: &str, labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> ObjectMeta {
-        let map = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        ObjectMeta {
-            name: Some(name.into()),
-            labels: Some(map(labels)),
-            annotations: Some(map(annotations)),
-            resource_version: Some("5".into()),
-            ..ObjectMeta::default()
-        }
-    }
+    use crate::reconcile::mock::namespace_meta as meta;
 
     #[test]
     fn backfill_plan_table() {

@@ -10,6 +10,22 @@ use tower_test::mock;
 
 pub type ApiHandle = mock::Handle<Request<Body>, Response<Body>>;
 
+/// A namespace's metadata as the tests need it: name, labels, annotations, and a `resourceVersion` of "5".
+pub fn namespace_meta(
+    name: &str,
+    labels: &[(&str, &str)],
+    annotations: &[(&str, &str)],
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+    let map = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        name: Some(name.into()),
+        labels: Some(map(labels)),
+        annotations: Some(map(annotations)),
+        resource_version: Some("5".into()),
+        ..Default::default()
+    }
+}
+
 /// A client whose requests arrive at the returned handle.
 pub fn client() -> (kube::Client, ApiHandle) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use futures::{StreamExt, TryStreamExt, stream};
@@ -150,14 +150,7 @@ pub async fn run(
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(health.clone());
-    let metrics_app = Router::new()
-        .route(
-            "/metrics",
-            get(|State(m): State<Exporter>| async move {
-                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render())
-            }),
-        )
-        .with_state(metrics);
+    let metrics_app = metrics.router();
     let servers = [(health_listener, health_app), (metrics_listener, metrics_app)].map(|(listener, app)| {
         let mut stop = http_stop_tx.subscribe();
         tokio::spawn(async move {

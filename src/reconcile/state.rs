@@ -148,15 +148,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use serde_json::json;
 
-    fn meta(name: &str, labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> ObjectMeta {
-        let map = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        ObjectMeta {
-            name: Some(name.into()),
-            labels: Some(map(labels)),
-            annotations: Some(map(annotations)),
-            ..ObjectMeta::default()
-        }
-    }
+    use crate::reconcile::mock::namespace_meta as meta;
 
     #[test]
     fn namespace_state_table() {
