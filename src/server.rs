@@ -265,7 +265,16 @@ async fn serve_https(
             };
             let session = stream.get_ref().1;
             let verified = ClientCertificate(session.peer_certificates().is_some_and(|c| !c.is_empty()));
-            let builder = if session.alpn_protocol() == Some(b"h2") {
+            let h2 = session.alpn_protocol() == Some(b"h2");
+            // Which protocol each client (the API server) settles on, and how often it opens a connection.
+            tracing::debug!(
+                %peer,
+                alpn = session.alpn_protocol().map(String::from_utf8_lossy).as_deref().unwrap_or("none"),
+                http = if h2 { "HTTP/2" } else { "HTTP/1.1" },
+                tls = session.protocol_version().map(|v| format!("{v:?}")).as_deref().unwrap_or("unknown"),
+                "connection accepted"
+            );
+            let builder = if h2 {
                 // HTTP/2 has no header timeout: a client that never sends its preface is cut off here.
                 let first_bytes = stream.get_ref().0.readable();
                 if !matches!(tokio::time::timeout(limits.idle, first_bytes).await, Ok(Ok(()))) {
@@ -278,6 +287,8 @@ async fn serve_https(
             };
             let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(verified);
+                // The request line as the client sent it: kube-apiserver appends `?timeout=<timeoutSeconds>s`.
+                tracing::debug!(%peer, method = %req.method(), uri = %req.uri(), version = ?req.version(), "request");
                 app.clone().oneshot(req)
             });
             let conn = builder.serve_connection(TokioIo::new(stream), service);
