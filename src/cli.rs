@@ -184,6 +184,13 @@ pub struct ServeArgs {
     #[arg(long, env = "DEFAULT_DENY_GUARD_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
 
+    /// After SIGTERM, how long to keep serving, unready, before closing the listener: the time the API server needs
+    /// to see the endpoint go and stop sending here. A request that reaches a closing HTTP/1.1 connection is lost
+    /// (the API server does not retry a POST), so this is what makes a rolling update lose nothing. A second signal
+    /// ends the wait.
+    #[arg(long, env = "DEFAULT_DENY_GUARD_SHUTDOWN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub shutdown_delay: Duration,
+
     /// How long SIGTERM waits for in-flight requests before exiting.
     #[arg(long, env = "DEFAULT_DENY_GUARD_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,

@@ -135,8 +135,16 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     });
 
     shutdown_signal().await;
-    // Unready first, so that the Service stops routing here; then stop accepting and drain.
+    // Unready first, so that the Service stops routing here; serve on for the delay while the API server catches up;
+    // then stop accepting and drain.
     state.ready.store(false, Ordering::SeqCst);
+    if !args.shutdown_delay.is_zero() {
+        tracing::info!(delay = ?args.shutdown_delay, "unready: serving on until the endpoint is gone");
+        tokio::select! {
+            _ = tokio::time::sleep(args.shutdown_delay) => {}
+            _ = shutdown_signal() => tracing::info!("second signal: not waiting any longer"),
+        }
+    }
     tracing::info!(timeout = ?args.shutdown_timeout, "shutting down: draining in-flight requests");
     let _ = stop_tx.send(true);
     let _ = https.await;

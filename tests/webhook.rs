@@ -691,3 +691,24 @@ async fn serve_refuses_a_bad_configuration_clearly() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/tls.crt"));
 }
+
+#[tokio::test]
+async fn during_the_shutdown_delay_it_is_unready_but_still_answers() {
+    let mut guard = Guard::start(&["--shutdown-delay", "2s"]);
+    let client = guard.client();
+    let review = Review::network_policy("CREATE", "kube-system", "d").object(deny_all("kube-system", "d"));
+    assert_eq!(response_of(&client.review(&guard, "/validate", &review.json()).await, &review)["allowed"], false);
+
+    let pid = guard.pid().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    guard.wait_for_log("about the delay", |l| l["message"].as_str().is_some_and(|m| m.starts_with("unready")));
+    assert_eq!(client.get(&guard.url("/readyz")).await.status, 503, "unready at once");
+    // The API server may still send a few reviews before it sees the endpoint go: they are answered, on the same
+    // keep-alive connection and on new ones.
+    for client in [&client, &guard.client()] {
+        let reply = client.review(&guard, "/validate", &review.json()).await;
+        assert_eq!(response_of(&reply, &review)["allowed"], false);
+    }
+    let status = guard.wait_exit(std::time::Duration::from_secs(30));
+    assert!(status.success(), "{status}");
+}
