@@ -265,3 +265,73 @@ async fn connections_beyond_the_limit_wait_until_one_closes() {
     let third = tokio::time::timeout(Duration::from_secs(5), third).await;
     assert!(third.is_ok_and(|t| t.is_ok()), "served once a slot frees");
 }
+
+/// A kubeconfig for an API server that is not there.
+const UNREACHABLE_KUBECONFIG: &str = r#"apiVersion: v1
+kind: Config
+clusters:
+- name: gone
+  cluster: {server: "https://127.0.0.1:1", insecure-skip-tls-verify: true}
+users:
+- name: nobody
+  user: {token: "not-a-token"}
+contexts:
+- name: gone
+  context: {cluster: gone, user: nobody}
+current-context: gone
+"#;
+
+#[tokio::test]
+async fn label_selected_system_namespaces_keep_it_unready_until_the_cache_syncs_and_say_why() {
+    let guard = Guard::start_with_cluster(
+        &["--system-namespace-label", "platform.example.com/system=true"],
+        "kubeconfig",
+        |dir| {
+            std::fs::write(dir.join("kubeconfig"), UNREACHABLE_KUBECONFIG).unwrap();
+        },
+    );
+    let client = guard.client();
+    assert_eq!(client.get(&guard.url("/healthz")).await.status, 200, "alive");
+    let failed = guard.wait_for_log("about the unreachable API server", |l| {
+        l["level"] == "WARN" && l["message"].as_str().is_some_and(|m| m.starts_with("namespace watch failed"))
+    });
+    assert!(failed["error"].as_str().is_some_and(|e| !e.is_empty()), "the error is in the log: {failed}");
+    // Without the namespaces' labels it cannot tell which are system namespaces: it must not take traffic.
+    assert_eq!(client.get(&guard.url("/readyz")).await.status, 503);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(client.get(&guard.url("/readyz")).await.status, 503, "still unready while the API is unreachable");
+}
+
+#[tokio::test]
+async fn name_only_configuration_needs_no_cluster_and_is_ready_at_once() {
+    // An unreachable API server and no system label: ready anyway, teardown by names until the cache syncs.
+    let guard = Guard::start_with_cluster(&[], "kubeconfig", |dir| {
+        std::fs::write(dir.join("kubeconfig"), UNREACHABLE_KUBECONFIG).unwrap();
+    });
+    let client = guard.client();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.get(&guard.url("/readyz")).await.status != 200 {
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let review = Review::network_policy("CREATE", "kube-system", "d").object(network_policy(
+        "kube-system",
+        "d",
+        deny_all_spec(),
+    ));
+    let reply = client.review(&guard, "/validate", &review.json()).await;
+    assert_eq!(response_of(&reply, &review)["allowed"], false);
+}
+
+#[test]
+fn a_label_selected_configuration_without_any_cluster_is_refused_at_start() {
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
+        .args(["--system-namespace-label", "platform.example.com/system", "--namespace-cache", "off"])
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--system-namespace-label needs the namespace cache"), "{stderr}");
+}

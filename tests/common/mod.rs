@@ -37,14 +37,34 @@ impl Guard {
     }
 
     pub fn start_with(args: &[&str], prepare: impl FnOnce(&Path)) -> Guard {
+        Self::launch(args, None, prepare)
+    }
+
+    /// Starts `serve` with the cluster configuration `kubeconfig` (written by `prepare` into the working directory,
+    /// relative to it) and the namespace cache in its default mode.
+    pub fn start_with_cluster(args: &[&str], kubeconfig: &str, prepare: impl FnOnce(&Path)) -> Guard {
+        Self::launch(args, Some(kubeconfig), prepare)
+    }
+
+    fn launch(args: &[&str], kubeconfig: Option<&str>, prepare: impl FnOnce(&Path)) -> Guard {
         let dir = tempfile::tempdir().unwrap();
         prepare(dir.path());
-        let mut child = Command::new(BIN)
-            .current_dir(dir.path())
-            .args(["serve", "--addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--log-format", "json"])
-            .args(["--namespace-cache", "off"])
+        let mut command = Command::new(BIN);
+        command.current_dir(dir.path()).args([
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ]);
+        match kubeconfig {
+            Some(path) => command.env("KUBECONFIG", dir.path().join(path)),
+            None => command.args(["--namespace-cache", "off"]).env_remove("KUBECONFIG"),
+        };
+        let mut child = command
             .args(args)
-            .env_remove("KUBECONFIG")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
