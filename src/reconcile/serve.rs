@@ -103,6 +103,9 @@ pub async fn run(
     let (policy_ctx, namespaces_seen) = (ctx.clone(), namespaces.clone());
     let policy_events = reflector::reflector(policy_writer, watcher(policy_api, policy_config).default_backoff())
         .inspect_ok(move |event| {
+            if matches!(event, watcher::Event::InitDone) {
+                policy_ctx.mark_policies_synced();
+            }
             if let watcher::Event::Delete(policy) = event {
                 let namespace = policy.namespace().unwrap_or_default();
                 let terminating = namespaces_seen
