@@ -5,7 +5,8 @@
 #      as cert-manager's Certificate and prometheus-operator's ServiceMonitor have no schema offline; they are
 #      filtered out by tests/chart/builtin_kinds.py, named in the log, and checked by the assertions instead)
 #   3. pytest tests/chart                 assertions on the rendered YAML (webhooks, ports, probes, security,
-#                                         certificate modes, url mode, schema, NOTES, monitoring, appVersion)
+#                                         certificate modes, url mode, schema, NOTES, monitoring, appVersion; the
+#                                         reconciler's RBAC, flags, probes, NetworkPolicy and monitoring jobs)
 #   4. hadolint --failure-threshold warning Dockerfile
 # Installs the pinned tools first when missing (hack/install-chart-tools.sh). Exits non-zero on any failure.
 #
@@ -79,6 +80,7 @@ echo "oldest Kubernetes versions the chart supports (Chart.yaml kubeVersion; pre
 check "validate default on 1.29.0" validate default 1.29.0
 check "validate options on 1.28.0, preStop off" validate options 1.28.0 --set preStop.enabled=false
 check "validate default on 1.25.0, preStop off" validate default 1.25.0 --set preStop.enabled=false
+check "validate reconciler-cronjob on 1.25.0, preStop off" validate reconciler-cronjob 1.25.0 --set preStop.enabled=false
 
 echo "hadolint:"
 check "hadolint --failure-threshold warning Dockerfile" hadolint --failure-threshold warning "$root/Dockerfile"

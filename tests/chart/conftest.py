@@ -24,6 +24,7 @@ CI = CHART / "ci"
 RELEASE = "ddg"
 NAMESPACE = "ddg-system"
 FULLNAME = f"{RELEASE}-default-deny-guard"
+RECONCILER = f"{FULLNAME}-reconciler"
 
 
 def helm() -> str:
@@ -56,7 +57,7 @@ class Rendering:
     # --- the webhook Deployment's pieces ---
     @property
     def deployment(self) -> dict:
-        return self.one("Deployment")
+        return self.one("Deployment", FULLNAME)
 
     @property
     def pod(self) -> dict:
@@ -76,6 +77,40 @@ class Rendering:
             if not a.startswith("--") or "=" not in a:
                 continue
             k, v = a[2:].split("=", 1)
+            assert k not in out, f"flag --{k} given twice"
+            out[k] = v
+        return out
+
+    # --- the reconciler's pieces (Deployment, or the CronJob's pod template) ---
+    def reconciler_workload(self) -> dict:
+        found = [d for d in self.docs if d["kind"] in ("Deployment", "CronJob") and d["metadata"]["name"] == RECONCILER]
+        assert len(found) == 1, f"expected the reconciler's Deployment or CronJob, found {len(found)}"
+        return found[0]
+
+    @property
+    def reconciler_pod_template(self) -> dict:
+        w = self.reconciler_workload()
+        return w["spec"]["jobTemplate"]["spec"]["template"] if w["kind"] == "CronJob" else w["spec"]["template"]
+
+    @property
+    def reconciler_pod(self) -> dict:
+        return self.reconciler_pod_template["spec"]
+
+    @property
+    def reconciler_container(self) -> dict:
+        (c,) = self.reconciler_pod["containers"]
+        return c
+
+    def reconciler_flags(self) -> dict[str, str | bool]:
+        """The reconciler's `--flag=value` arguments (after `reconcile`) as a dict, `--flag` alone as True; a repeated
+        flag is an error (clap refuses them)."""
+        args = self.reconciler_container["args"]
+        assert args[0] == "reconcile", args
+        out: dict[str, str | bool] = {}
+        for a in args[1:]:
+            if not a.startswith("--"):
+                continue
+            k, v = a[2:].split("=", 1) if "=" in a else (a[2:], True)
             assert k not in out, f"flag --{k} given twice"
             out[k] = v
         return out

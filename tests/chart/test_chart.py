@@ -21,8 +21,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from conftest import (CHART, CI, FULLNAME, NAMESPACE, RELEASE, ROOT, Rendering, render, render_error, render_notes,
-                      render_text)
+from conftest import (CHART, CI, FULLNAME, NAMESPACE, RECONCILER, RELEASE, ROOT, Rendering, render, render_error,
+                      render_notes, render_text)
 
 MODES = sorted(p.name for p in CI.glob("*-values.yaml"))
 IN_CLUSTER_MODES = [m for m in MODES if m != "url-values.yaml"]
@@ -33,16 +33,22 @@ MUTATE_NS = "namespaces.mutate.default-deny-guard.io"
 CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"}
 TEST_CA_PEM = yaml.safe_load((CI / "url-values.yaml").read_text())["webhook"]["caBundle"]
 
-# The metric names of SPEC section 6, which the alerts and the dashboard must use (and no others of ours).
-SPEC_METRICS = {
+# The metric names of SPEC section 6, which the alerts and the dashboard must use (and no others of ours): the
+# webhook's, then the reconciler's (docs/reconciler.md, "Metrics").
+WEBHOOK_METRICS = {
     "default_deny_guard_admission_requests_total",
     "default_deny_guard_admission_duration_seconds_bucket",
     "default_deny_guard_exceptions_total",
     "default_deny_guard_tls_reloads_total",
     "default_deny_guard_certificate_expiry_timestamp_seconds",
-    "default_deny_guard_build_info",
-    "default_deny_guard_namespaces",
 }
+RECONCILER_METRICS = {
+    "default_deny_guard_namespaces",
+    "default_deny_guard_reconcile_total",
+    "default_deny_guard_reconcile_errors_total",
+    "default_deny_guard_reconcile_duration_seconds_bucket",
+}
+SPEC_METRICS = WEBHOOK_METRICS | RECONCILER_METRICS | {"default_deny_guard_build_info"}
 
 
 def port_of(addr: str) -> int:
@@ -55,8 +61,12 @@ def b64(pem: str) -> str:
 
 # === Kinds per mode ===
 
-BASE = {"NetworkPolicy", "PodDisruptionBudget", "ServiceAccount", "Secret", "ClusterRole", "ClusterRoleBinding",
-        "Service", "Deployment", "ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"}
+WEBHOOK = {"NetworkPolicy", "PodDisruptionBudget", "ServiceAccount", "Secret", "ClusterRole", "ClusterRoleBinding",
+           "Service", "Deployment", "ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"}
+# The reconciler (on by default) adds a Deployment, Service, ServiceAccount, ClusterRole(Binding) and NetworkPolicy of
+# its own, and the Role(Binding) for Events: new kinds are only these two.
+BASE = WEBHOOK | {"Role", "RoleBinding"}
+MONITORING = {"ServiceMonitor", "PrometheusRule"}
 EXPECTED_KINDS = {
     "default-values.yaml": BASE,
     "cert-manager-values.yaml": BASE - {"Secret"} | {"Issuer", "Certificate"},
@@ -66,10 +76,22 @@ EXPECTED_KINDS = {
     "ha-on-values.yaml": BASE,
     "hpa-values.yaml": BASE | {"HorizontalPodAutoscaler"},
     "monitoring-values.yaml": BASE | {"ServiceMonitor", "PrometheusRule", "ConfigMap"},
-    "namespace-cache-off-values.yaml": BASE - {"ClusterRole", "ClusterRoleBinding"},
+    "namespace-cache-off-values.yaml": BASE,  # the webhook's ClusterRole goes, the reconciler's stays
     "options-values.yaml": BASE | {"ConfigMap"},
+    "reconciler-values.yaml": BASE | MONITORING | {"ConfigMap"},
+    "reconciler-cronjob-values.yaml": BASE | MONITORING | {"CronJob"},
+    "reconciler-off-values.yaml": WEBHOOK | MONITORING,
     "url-values.yaml": {"ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"},
 }
+
+# The reconciler's objects, by mode: (kind, name) and, for the Role and RoleBinding, their namespace `default`.
+RECONCILER_OBJECTS = {
+    ("Deployment", RECONCILER), ("Service", RECONCILER), ("ServiceAccount", RECONCILER),
+    ("ClusterRole", RECONCILER), ("ClusterRoleBinding", RECONCILER), ("Role", RECONCILER),
+    ("RoleBinding", RECONCILER), ("NetworkPolicy", RECONCILER),
+}
+RECONCILER_CRONJOB_OBJECTS = (RECONCILER_OBJECTS - {("Deployment", RECONCILER), ("Service", RECONCILER)}
+                              | {("CronJob", RECONCILER)})
 
 
 def test_every_mode_has_expected_kinds():
@@ -87,15 +109,18 @@ def test_namespaces_names_and_labels(mode):
     for d in r.docs:
         meta = d["metadata"]
         where = f"{d['kind']}/{meta['name']}"
-        assert len(meta["name"]) <= 63, where
+        assert len(meta["name"]) <= (52 if d["kind"] == "CronJob" else 63), where
+        reconciler = meta["name"] == RECONCILER
         if d["kind"] in CLUSTER_SCOPED:
             assert "namespace" not in meta, where
+        elif d["kind"] in ("Role", "RoleBinding"):
+            assert reconciler and meta["namespace"] == "default", f"{where}: only the reconciler's Events Role"
         elif not (d["kind"] == "ConfigMap" and meta["name"].endswith("-dashboard")):
             assert meta["namespace"] == NAMESPACE, f"{where}: `helm template | kubectl apply` needs the namespace"
         labels = meta["labels"]
         assert labels["app.kubernetes.io/name"] == "default-deny-guard", where
         assert labels["app.kubernetes.io/instance"] == RELEASE, where
-        assert labels["app.kubernetes.io/component"] == "webhook", where
+        assert labels["app.kubernetes.io/component"] == ("reconciler" if reconciler else "webhook"), where
         assert labels["app.kubernetes.io/managed-by"] == "Helm", where
         assert labels["helm.sh/chart"] == "default-deny-guard-0.1.0", where
 
@@ -234,7 +259,7 @@ def test_installing_into_a_system_namespace_is_refused():
 
 def test_clientconfig_targets_the_service():
     r = render()
-    svc = r.one("Service")
+    svc = r.one("Service", FULLNAME)
     for w in r.webhooks().values():
         s = w["clientConfig"]["service"]
         assert s["name"] == svc["metadata"]["name"] == FULLNAME
@@ -465,13 +490,13 @@ def test_ports_flags_service_agree(mode):
     ports = {p["name"]: p["containerPort"] for p in r.container["ports"]}
     assert port_of(flags["addr"]) == ports["https"]
     assert port_of(flags["metrics-addr"]) == ports["metrics"]
-    svc = {p["name"]: p for p in r.one("Service")["spec"]["ports"]}
+    svc = {p["name"]: p for p in r.one("Service", FULLNAME)["spec"]["ports"]}
     for name in ("https", "metrics"):
         target = svc[name]["targetPort"]
         assert (ports[target] if isinstance(target, str) else target) == ports[name], name
     assert svc["metrics"]["port"] == ports["metrics"]
     # The Service selects the webhook pods, and only them.
-    assert r.one("Service")["spec"]["selector"] == r.deployment["spec"]["selector"]["matchLabels"]
+    assert r.one("Service", FULLNAME)["spec"]["selector"] == r.deployment["spec"]["selector"]["matchLabels"]
     pod_labels = r.deployment["spec"]["template"]["metadata"]["labels"]
     assert r.deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     assert "app.kubernetes.io/version" not in r.deployment["spec"]["selector"]["matchLabels"], "selectors are immutable"
@@ -482,7 +507,7 @@ def test_ports_follow_values():
                        "service": {"port": 8443}})
     flags = r.flags()
     assert flags["addr"] == "[::]:10250" and flags["metrics-addr"] == "[::]:8080"
-    svc = {p["name"]: p for p in r.one("Service")["spec"]["ports"]}
+    svc = {p["name"]: p for p in r.one("Service", FULLNAME)["spec"]["ports"]}
     assert svc["https"]["port"] == 8443
     assert all(w["clientConfig"]["service"]["port"] == 8443 for w in r.webhooks().values())
 
@@ -653,13 +678,13 @@ def test_single_replica_with_min_available_is_refused():
 
 def test_rbac_is_least_privilege():
     r = render()
-    role = r.one("ClusterRole")
+    role = r.one("ClusterRole", FULLNAME)
     assert role["rules"] == [{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]}]
-    assert not r.all("Role") and not r.all("RoleBinding")
-    binding = r.one("ClusterRoleBinding")
+    assert all(d["metadata"]["name"] == RECONCILER for d in r.all("Role") + r.all("RoleBinding"))
+    binding = r.one("ClusterRoleBinding", FULLNAME)
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                                   "name": role["metadata"]["name"]}
-    sa = r.one("ServiceAccount")
+    sa = r.one("ServiceAccount", FULLNAME)
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": NAMESPACE}]
     assert r.pod["serviceAccountName"] == sa["metadata"]["name"]
     assert sa["automountServiceAccountToken"] is False
@@ -670,7 +695,7 @@ def test_no_rbac_and_no_token_without_the_namespace_cache():
     r = render("namespace-cache-off-values.yaml")
     assert r.flags()["namespace-cache"] == "off"
     assert r.pod["automountServiceAccountToken"] is False
-    np = r.one("NetworkPolicy")["spec"]
+    np = r.one("NetworkPolicy", FULLNAME)["spec"]
     assert np["policyTypes"] == ["Ingress", "Egress"] and np["egress"] == []
 
 
@@ -684,7 +709,7 @@ def is_default_deny(spec: dict) -> bool:
 
 def test_networkpolicy_default():
     r = render()
-    np = r.one("NetworkPolicy")["spec"]
+    np = r.one("NetworkPolicy", FULLNAME)["spec"]
     assert np["podSelector"]["matchLabels"] == r.deployment["spec"]["selector"]["matchLabels"]
     assert not is_default_deny(np), "the chart's policy must not itself trip R1/R2"
     assert np["policyTypes"] == ["Ingress"], "egress untouched unless asked"
@@ -698,7 +723,7 @@ def test_networkpolicy_default():
 
 def test_networkpolicy_narrowed():
     r = render("options-values.yaml")
-    np = r.one("NetworkPolicy")["spec"]
+    np = r.one("NetworkPolicy", FULLNAME)["spec"]
     by_port = {rule["ports"][0]["port"]: rule for rule in np["ingress"]}
     assert by_port["https"]["from"] == [{"ipBlock": {"cidr": "10.0.0.0/16"}}]
     assert by_port["metrics"]["from"][0]["namespaceSelector"]["matchLabels"] == {
@@ -713,12 +738,12 @@ def test_networkpolicy_narrowed():
 
 def test_service_monitor_scrapes_the_metrics_port():
     r = render("monitoring-values.yaml")
-    sm = r.one("ServiceMonitor")
+    sm = r.one("ServiceMonitor", FULLNAME)
     assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     (ep,) = sm["spec"]["endpoints"]
-    assert ep["port"] in {p["name"] for p in r.one("Service")["spec"]["ports"]}
+    assert ep["port"] in {p["name"] for p in r.one("Service", FULLNAME)["spec"]["ports"]}
     assert ep["port"] == "metrics" and ep["path"] == "/metrics" and ep["scheme"] == "http"
-    assert sm["spec"]["selector"]["matchLabels"].items() <= r.one("Service")["metadata"]["labels"].items()
+    assert sm["spec"]["selector"]["matchLabels"].items() <= r.one("Service", FULLNAME)["metadata"]["labels"].items()
     assert sm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
 
 
@@ -755,7 +780,7 @@ def test_prometheus_rule():
     assert "> 0.25" in expr["DefaultDenyGuardHighLatency"]
     assert "default_deny_guard_certificate_expiry_timestamp_seconds" in expr["DefaultDenyGuardCertificateExpiringSoon"]
     assert "14 * 86400" in expr["DefaultDenyGuardCertificateExpiringSoon"]
-    assert 'default_deny_guard_namespaces{state="unprotected"}' in expr["DefaultDenyGuardUnprotectedNamespaces"]
+    assert 'default_deny_guard_namespaces{state="unprotected", ' in expr["DefaultDenyGuardUnprotectedNamespaces"]
     assert f'job="{FULLNAME}"' in expr["DefaultDenyGuardDown"]
     # The API server's metrics name the webhooks: the alerts' regex must match the chart's webhook names.
     for alert in ("DefaultDenyGuardWebhookCallsFailing", "DefaultDenyGuardNamespacesCreatedUnlabelled"):
@@ -801,6 +826,431 @@ def test_dashboard():
     assert len(ids) == len(set(ids))
 
 
+# === The reconciler ===
+
+CONTROLLER_MODES = [m for m in IN_CLUSTER_MODES if m not in ("reconciler-off-values.yaml",
+                                                             "reconciler-cronjob-values.yaml")]
+RECONCILER_MODES = CONTROLLER_MODES + ["reconciler-cronjob-values.yaml"]
+# The rules' flags (RuleArgs in src/cli.rs) that `serve` and `reconcile` must be given alike.
+RULE_FLAGS = {"system-namespaces", "system-namespace-label", "enable-label", "exception-annotation",
+              "exception-expires-annotation"}
+NAMESPACES_RULE = {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]}
+POLICIES_RULE = {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"],
+                 "verbs": ["list", "watch", "create", "patch", "update"]}
+EVENTS_RULE = {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}
+
+
+def reconciler_objects(r: Rendering) -> set[tuple[str, str]]:
+    return {(d["kind"], d["metadata"]["name"]) for d in r.docs if d["metadata"]["name"] == RECONCILER}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_reconciler_objects(mode):
+    expected = {
+        "reconciler-cronjob-values.yaml": RECONCILER_CRONJOB_OBJECTS - {("ServiceAccount", RECONCILER)},
+        "reconciler-off-values.yaml": set(),
+        "url-values.yaml": set(),  # out-of-cluster mode renders the webhook configurations only
+    }.get(mode, RECONCILER_OBJECTS)
+    if mode in CONTROLLER_MODES and "ServiceMonitor" in EXPECTED_KINDS[mode]:
+        expected = expected | {("ServiceMonitor", RECONCILER)}
+    assert reconciler_objects(render(mode)) == expected
+
+
+def grants(r: Rendering) -> dict[str, list[tuple[str | None, dict]]]:
+    """ServiceAccount name -> the (namespace or None for cluster-wide, rule) it is granted by the rendered bindings."""
+    roles = {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]): d
+             for d in r.all("ClusterRole") + r.all("Role")}
+    out: dict[str, list] = {}
+    for b in r.all("ClusterRoleBinding") + r.all("RoleBinding"):
+        ns = b["metadata"].get("namespace")
+        ref = b["roleRef"]
+        role = roles[(ref["kind"], None if ref["kind"] == "ClusterRole" else ns, ref["name"])]
+        for subject in b["subjects"]:
+            assert subject["kind"] == "ServiceAccount" and subject["namespace"] == NAMESPACE
+            out.setdefault(subject["name"], []).extend((ns, rule) for rule in role["rules"])
+    return out
+
+
+def test_reconciler_rbac_is_exactly_the_documented_one():
+    r = render()
+    role = r.one("ClusterRole", RECONCILER)
+    assert role["rules"] == [NAMESPACES_RULE, POLICIES_RULE]
+    events = r.one("Role", RECONCILER)
+    assert events["metadata"]["namespace"] == "default", "Events about a Namespace are written to `default`"
+    assert events["rules"] == [EVENTS_RULE]
+    sa = r.one("ServiceAccount", RECONCILER)["metadata"]["name"]
+    assert r.reconciler_pod["serviceAccountName"] == sa
+    for kind, role_kind, ns in (("ClusterRoleBinding", "ClusterRole", None), ("RoleBinding", "Role", "default")):
+        b = r.one(kind, RECONCILER)
+        assert b["metadata"].get("namespace") == ns
+        assert b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": RECONCILER}
+        assert b["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}]
+    assert sorted(grants(r)[sa], key=str) == sorted([(None, NAMESPACES_RULE), (None, POLICIES_RULE),
+                                                     ("default", EVENTS_RULE)], key=str)
+
+
+def test_reconciler_rbac_patches_namespaces_only_for_the_backfill():
+    role = render(values={"reconciler": {"backfill": True}}).one("ClusterRole", RECONCILER)
+    assert role["rules"] == [dict(NAMESPACES_RULE, verbs=["list", "watch", "patch"]), POLICIES_RULE]
+    assert render("reconciler-cronjob-values.yaml").one("ClusterRole", RECONCILER)["rules"][0]["verbs"] == [
+        "list", "watch", "patch"]
+
+
+@pytest.mark.parametrize("mode", IN_CLUSTER_MODES)
+def test_only_the_reconciler_may_write(mode):
+    """Least privilege: the webhook's ServiceAccount reads namespaces and nothing else; only the reconciler's writes
+    NetworkPolicies; nobody gets `get`, `delete` or a wildcard."""
+    r = render(mode)
+    by_sa = grants(r)
+    webhook_sa = r.pod["serviceAccountName"]
+    for ns, rule in by_sa.get(webhook_sa, []):
+        assert (ns, rule) == (None, {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]})
+    for sa, rules in by_sa.items():
+        for ns, rule in rules:
+            assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], (sa, rule)
+            if sa != webhook_sa:
+                assert not {"get", "delete", "deletecollection"} & set(rule["verbs"]), (sa, rule)
+    if mode != "reconciler-off-values.yaml":
+        reconciler_sa = r.reconciler_pod["serviceAccountName"]
+        assert reconciler_sa != webhook_sa
+        assert (None, POLICIES_RULE) in by_sa[reconciler_sa]
+
+
+def test_reconciler_rbac_follows_rbac_create():
+    r = render(values={"rbac": {"create": False}})
+    assert not r.all("ClusterRole") and not r.all("Role") and not r.all("ClusterRoleBinding")
+    assert r.one("ServiceAccount", RECONCILER), "the ServiceAccount still comes with the reconciler"
+
+
+def test_reconciler_service_account():
+    r = render()
+    sa = r.one("ServiceAccount", RECONCILER)
+    assert sa["automountServiceAccountToken"] is False
+    assert r.reconciler_pod["automountServiceAccountToken"] is True, "it watches and writes through the API"
+    assert sa["metadata"]["labels"]["app.kubernetes.io/component"] == "reconciler"
+    r = render("reconciler-values.yaml")
+    assert r.one("ServiceAccount", RECONCILER)["metadata"]["annotations"] == {
+        "example.com/purpose": "writes NetworkPolicies"}
+    r = render("reconciler-cronjob-values.yaml")
+    assert r.reconciler_pod["serviceAccountName"] == "ddg-reconciler"
+    assert [b["subjects"][0]["name"] for b in r.all("RoleBinding")] == ["ddg-reconciler"]
+    assert ("ServiceAccount", "ddg-reconciler") not in {(d["kind"], d["metadata"]["name"]) for d in r.docs}
+
+
+@pytest.mark.parametrize("values, complaint", [
+    ({"reconciler": {"serviceAccount": {"create": False}}}, "reconciler.serviceAccount.name is required"),
+    ({"reconciler": {"serviceAccount": {"name": FULLNAME}}}, "must not share the ServiceAccount"),
+    ({"reconciler": {"backfill": True}, "config": {"warn": ["R4"]}}, "R4 is in warn mode"),
+    ({"reconciler": {"healthPort": 9091}}, "need a port each"),
+    ({"reconciler": {"terminationGracePeriodSeconds": 10}}, "must cover reconciler.shutdownTimeoutSeconds (25)"),
+])
+def test_reconciler_checks(values, complaint):
+    assert complaint in render_error(values=values)
+
+
+@pytest.mark.parametrize("mode", RECONCILER_MODES)
+def test_reconciler_gets_the_webhooks_rule_flags(mode):
+    """One `config` block for both: the reconciler must treat as system namespaces, enabled and excepted exactly
+    what the webhook does (else the webhook's R1 refuses the reconciler's applies)."""
+    r = render(mode)
+    serve, reconcile = r.flags(), r.reconciler_flags()
+    assert {k: v for k, v in reconcile.items() if k in RULE_FLAGS} == {k: v for k, v in serve.items()
+                                                                       if k in RULE_FLAGS}
+    assert {"system-namespaces", "enable-label", "exception-annotation", "exception-expires-annotation"} <= set(
+        reconcile)
+    assert reconcile["log-format"] == serve["log-format"]
+    assert not {"trusted-deleters", "warn", "namespace-cache", "tls-cert", "addr"} & set(reconcile), "serve's only"
+    assert r.reconciler_container["image"] == r.container["image"], "one binary, one image"
+    assert r.reconciler_container["imagePullPolicy"] == r.container["imagePullPolicy"]
+
+
+def test_reconciler_default_flags():
+    r = render()
+    assert r.reconciler_container["args"][0] == "reconcile"
+    assert r.reconciler_flags() == {
+        "log-format": "json",
+        "system-namespaces": "kube-system,kube-public,kube-node-lease",
+        "enable-label": "default-deny=enabled",
+        "exception-annotation": "default-deny-guard.io/exception",
+        "exception-expires-annotation": "default-deny-guard.io/exception-expires",
+        "policy-types": "Ingress",
+        "dns-namespace-selector": "kubernetes.io/metadata.name=kube-system",
+        "dns-pod-selector": "k8s-app=kube-dns",
+        "dns-ports": "53",
+        "health-addr": "0.0.0.0:8081",
+        "metrics-addr": "0.0.0.0:9091",
+        "resync-interval": "10m",
+        "concurrency": "4",
+        "reconcile-timeout": "30s",
+        "shutdown-timeout": "25s",
+    }
+    assert "env" not in r.reconciler_container
+    assert r.reconciler_workload()["spec"]["replicas"] == 1
+
+
+def test_reconciler_flags_follow_values():
+    r = render("reconciler-values.yaml")
+    flags = r.reconciler_flags()
+    assert flags["backfill"] is True
+    assert flags["policy-types"] == "Ingress,Egress"
+    assert flags["dns-namespace-selector"] == "kubernetes.io/metadata.name=openshift-dns"
+    assert flags["dns-pod-selector"] == "dns.operator.openshift.io/daemonset-dns=default"
+    assert flags["dns-ports"] == "5353"
+    assert (flags["health-addr"], flags["metrics-addr"]) == ("0.0.0.0:8181", "0.0.0.0:9191")
+    assert (flags["resync-interval"], flags["concurrency"], flags["reconcile-timeout"]) == ("5m", "8", "20s")
+    assert flags["shutdown-timeout"] == "20s" and r.reconciler_pod["terminationGracePeriodSeconds"] == 25
+    assert flags["enable-label"] == "netpol.example.com/default-deny=on"
+    assert flags["system-namespace-label"] == "platform.example.com/system=true"
+    assert "once" not in flags and "dry-run" not in flags
+    assert {"name": "RUST_BACKTRACE", "value": "1"} in r.reconciler_container["env"]
+    assert r.reconciler_workload()["spec"]["replicas"] == 2
+    template = r.reconciler_pod_template
+    assert template["metadata"]["annotations"] == {"example.com/team": "platform"}
+    assert template["metadata"]["labels"]["example.com/tier"] == "control"
+    assert r.reconciler_pod["priorityClassName"] == "system-cluster-critical"
+    assert r.reconciler_pod["tolerations"][0]["key"] == "node-role.kubernetes.io/control-plane"
+    assert "podAntiAffinity" in r.reconciler_pod["affinity"]
+    # Its own extra arguments and environment, not the webhook's (serve's flags would make reconcile fail).
+    r = render("options-values.yaml", values={"reconciler": {"extraArgs": ["--future-flag=1"],
+                                                             "dns": {"ports": [53, 5353]}}})
+    assert r.reconciler_container["args"][-1] == "--future-flag=1"
+    assert "--max-body-bytes" not in r.reconciler_container["args"]
+    assert "env" not in r.reconciler_container
+    assert r.reconciler_flags()["dns-ports"] == "53,5353"
+    assert r.reconciler_pod.get("imagePullSecrets") == [{"name": "regcred"}]
+    assert r.reconciler_container["image"].endswith("@sha256:" + "0" * 64)
+
+
+@pytest.mark.parametrize("mode", CONTROLLER_MODES)
+def test_reconciler_ports_probes_and_service_agree(mode):
+    r = render(mode)
+    c, flags = r.reconciler_container, r.reconciler_flags()
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"health": port_of(flags["health-addr"]), "metrics": port_of(flags["metrics-addr"])}
+    for probe, path in (("startupProbe", "/healthz"), ("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        get = c[probe]["httpGet"]
+        assert get["path"] == path and get["scheme"] == "HTTP", probe
+        assert get["port"] in ("health", ports["health"]), probe
+    svc = r.one("Service", RECONCILER)
+    (port,) = svc["spec"]["ports"]
+    assert port["name"] == "metrics" and port["targetPort"] in ("metrics", ports["metrics"])
+    assert port["port"] == ports["metrics"]
+    w = r.reconciler_workload()
+    assert svc["spec"]["selector"] == w["spec"]["selector"]["matchLabels"]
+    assert w["spec"]["selector"]["matchLabels"].items() <= w["spec"]["template"]["metadata"]["labels"].items()
+    webhook_labels = r.deployment["spec"]["template"]["metadata"]["labels"]
+    assert not svc["spec"]["selector"].items() <= webhook_labels.items(), "the Services must not select each other's pods"
+    assert not r.one("Service", FULLNAME)["spec"]["selector"].items() <= w["spec"]["template"]["metadata"]["labels"].items()
+    assert w["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    assert r.reconciler_pod["terminationGracePeriodSeconds"] >= int(flags["shutdown-timeout"].rstrip("s"))
+
+
+def test_reconciler_addresses_follow_the_bind_address():
+    flags = render(values={"webhook": {"bindAddress": "[::]"}}).reconciler_flags()
+    assert flags["health-addr"] == "[::]:8081" and flags["metrics-addr"] == "[::]:9091"
+
+
+@pytest.mark.parametrize("mode", RECONCILER_MODES)
+def test_reconciler_pod_security(mode):
+    r = render(mode)
+    pod_sc, sc = r.reconciler_pod["securityContext"], r.reconciler_container["securityContext"]
+    assert pod_sc["runAsNonRoot"] is True and pod_sc["runAsUser"] == 65532
+    assert pod_sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 65532
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert "privileged" not in sc
+    assert "volumes" not in r.reconciler_pod and "volumeMounts" not in r.reconciler_container
+    assert not r.reconciler_pod.get("hostNetwork")
+    assert "memory" in r.reconciler_container["resources"]["limits"]
+    assert "cpu" not in r.reconciler_container["resources"]["limits"]
+    assert r.reconciler_pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
+
+
+def test_reconciler_is_not_scaled_or_budgeted_with_the_webhook():
+    r = render("hpa-values.yaml")
+    assert r.one("HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]["name"] == FULLNAME
+    assert r.reconciler_workload()["spec"]["replicas"] == 1
+    pdb = r.one("PodDisruptionBudget")
+    assert pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "webhook"
+
+
+def test_reconciler_cronjob_mode():
+    r = render("reconciler-cronjob-values.yaml")
+    cj = r.reconciler_workload()
+    assert cj["kind"] == "CronJob" and cj["apiVersion"] == "batch/v1"
+    assert cj["spec"]["schedule"] == "*/30 * * * *"
+    assert cj["spec"]["concurrencyPolicy"] == "Forbid"
+    job = cj["spec"]["jobTemplate"]["spec"]
+    assert (job["backoffLimit"], job["activeDeadlineSeconds"]) == (1, 300)
+    assert r.reconciler_pod["restartPolicy"] == "Never"
+    flags = r.reconciler_flags()
+    assert flags["once"] is True and flags["backfill"] is True
+    assert not {"health-addr", "metrics-addr", "resync-interval", "shutdown-timeout"} & set(flags)
+    c = r.reconciler_container
+    assert not {"ports", "livenessProbe", "readinessProbe", "startupProbe"} & set(c), "one pass serves nothing"
+    assert ("Service", RECONCILER) not in reconciler_objects(r)
+    assert [sm["metadata"]["name"] for sm in r.all("ServiceMonitor")] == [FULLNAME]
+    assert r.one("NetworkPolicy", RECONCILER)["spec"]["ingress"] == []
+
+
+def test_reconciler_off():
+    r = render("reconciler-off-values.yaml")
+    assert reconciler_objects(r) == set()
+    assert not r.all("Role") and not r.all("RoleBinding")
+    alerts = {a.get("alert") for a in r.one("PrometheusRule")["spec"]["groups"][0]["rules"]}
+    assert not {"DefaultDenyGuardUnprotectedNamespaces", "DefaultDenyGuardReconcilerDown"} & alerts, (
+        "nothing would export the reconciler's metrics")
+    assert "The reconciler is off" in render_notes("reconciler-off-values.yaml")
+
+
+# --- its NetworkPolicy ---
+
+@pytest.mark.parametrize("mode", RECONCILER_MODES)
+def test_reconciler_networkpolicy_covers_its_pods(mode):
+    r = render(mode)
+    np = r.one("NetworkPolicy", RECONCILER)["spec"]
+    pod_labels = r.reconciler_pod_template["metadata"]["labels"]
+    assert np["podSelector"]["matchLabels"].items() <= pod_labels.items(), "it selects the reconciler pods"
+    assert not is_default_deny(np), "the chart's policy must not itself trip R1/R2"
+    webhook_np = r.one("NetworkPolicy", FULLNAME)["spec"]
+    assert not webhook_np["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert not np["podSelector"]["matchLabels"].items() <= r.deployment["spec"]["template"]["metadata"]["labels"].items()
+    if r.reconciler_workload()["kind"] == "Deployment":
+        names = {p["name"] for p in r.reconciler_container["ports"]}
+        by_port = {rule["ports"][0]["port"]: rule for rule in np["ingress"]}
+        assert set(by_port) == {"health", "metrics"} == names, "ingress to its health and metrics ports only"
+        assert "from" not in by_port["health"], "the kubelet probes from the node's address"
+
+
+def test_reconciler_networkpolicy_metrics_from_and_egress():
+    r = render("options-values.yaml")
+    np = r.one("NetworkPolicy", RECONCILER)["spec"]
+    by_port = {rule["ports"][0]["port"]: rule for rule in np["ingress"]}
+    assert by_port["metrics"]["from"] == [{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": "monitoring"}}}]
+    assert np["policyTypes"] == ["Ingress", "Egress"]
+    (egress,) = np["egress"]
+    assert [p["port"] for p in egress["ports"]] == [443, 6443]
+    assert egress["to"] == [{"ipBlock": {"cidr": "10.0.0.1/32"}}]
+    # Egress is left alone by default.
+    np = render().one("NetworkPolicy", RECONCILER)["spec"]
+    assert np["policyTypes"] == ["Ingress"] and "egress" not in np
+
+
+def test_egress_deny_implies_the_api_server_egress_rules():
+    """With Egress in the reconciler's policy, the release namespace may get a policy that denies egress (it is not
+    a system namespace): both of the chart's policies must then allow the API server, even with
+    networkPolicy.egress.enabled false."""
+    r = render("reconciler-values.yaml")
+    for name in (FULLNAME, RECONCILER):
+        np = r.one("NetworkPolicy", name)["spec"]
+        assert np["policyTypes"] == ["Ingress", "Egress"], name
+        assert [p["port"] for p in np["egress"][0]["ports"]] == [443, 6443], name
+        assert "to" not in np["egress"][0]
+
+
+# --- its monitoring ---
+
+@pytest.mark.parametrize("mode", ["monitoring-values.yaml", "reconciler-values.yaml"])
+def test_service_monitors_scrape_each_component_as_its_own_job(mode):
+    r = render(mode)
+    for name in (FULLNAME, RECONCILER):
+        sm, svc = r.one("ServiceMonitor", name), r.one("Service", name)
+        other = r.one("Service", RECONCILER if name == FULLNAME else FULLNAME)
+        selector = sm["spec"]["selector"]["matchLabels"].items()
+        assert selector <= svc["metadata"]["labels"].items(), name
+        assert not selector <= other["metadata"]["labels"].items(), f"{name} would also scrape {other['metadata']['name']}"
+        (ep,) = sm["spec"]["endpoints"]
+        assert ep["port"] == "metrics" and ep["path"] == "/metrics" and ep["scheme"] == "http"
+        assert ep["port"] in {p["name"] for p in svc["spec"]["ports"]}
+        assert sm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    # The reconciler's Service port is the container's `--metrics-addr` port.
+    svc_port = r.one("Service", RECONCILER)["spec"]["ports"][0]["port"]
+    assert svc_port == port_of(r.reconciler_flags()["metrics-addr"])
+
+
+def selectors(expr: str) -> list[tuple[str, str]]:
+    """(metric, its label matchers) for each of our metrics in a PromQL expression."""
+    return re.findall(r"\b(default_deny_guard_[a-z_]+)\{([^}]*)\}", expr)
+
+
+@pytest.mark.parametrize("mode", ["monitoring-values.yaml", "reconciler-values.yaml"])
+def test_alerts_select_the_right_job(mode):
+    r = render(mode)
+    (group,) = r.one("PrometheusRule")["spec"]["groups"]
+    alerts = {a["alert"]: a["expr"] for a in group["rules"] if "alert" in a}
+    for name, expr in alerts.items():
+        for metric, matchers in selectors(expr):
+            job = RECONCILER if metric in RECONCILER_METRICS else FULLNAME
+            assert f'job="{job}"' in matchers, (name, metric, matchers)
+            assert f'namespace="{NAMESPACE}"' in matchers, (name, metric)
+    for name in ("DefaultDenyGuardCertificateExpiringSoon", "DefaultDenyGuardCertificateExpiring"):
+        assert f'job="{FULLNAME}"' in alerts[name] and RECONCILER not in alerts[name], "the webhook's certificate only"
+    assert alerts["DefaultDenyGuardDown"] == f'absent(up{{namespace="{NAMESPACE}", job="{FULLNAME}"}} == 1)'
+    assert alerts["DefaultDenyGuardReconcilerDown"] == f'absent(up{{namespace="{NAMESPACE}", job="{RECONCILER}"}} == 1)'
+    unprotected = alerts["DefaultDenyGuardUnprotectedNamespaces"]
+    assert unprotected.startswith("max by (namespace) (default_deny_guard_namespaces{"), "every replica reports all"
+    assert 'state="unprotected"' in unprotected and unprotected.endswith("> 0")
+    assert "default_deny_guard_reconcile_errors_total" in alerts["DefaultDenyGuardReconcileErrors"]
+    for expr in alerts.values():
+        promql_ok(expr)
+
+
+def test_cronjob_mode_alerts_on_the_last_pass():
+    r = render("reconciler-cronjob-values.yaml")
+    (group,) = r.one("PrometheusRule")["spec"]["groups"]
+    alerts = {a["alert"]: a for a in group["rules"] if "alert" in a}
+    assert not {"DefaultDenyGuardUnprotectedNamespaces", "DefaultDenyGuardReconcilerDown",
+                "DefaultDenyGuardReconcileErrors"} & set(alerts), "a one-shot pass exports no metrics"
+    a = alerts["DefaultDenyGuardReconcilePassFailed"]
+    promql_ok(a["expr"])
+    assert f'cronjob="{RECONCILER}"' in a["expr"] and "kube_cronjob_status_last_successful_time" in a["expr"]
+    assert a["for"] == "10m", "longer than a pass may run (activeDeadlineSeconds 300) plus 5 minutes"
+
+
+def test_dashboard_reads_the_reconciler():
+    r = render("reconciler-values.yaml")
+    dash = json.loads(r.one("ConfigMap")["data"]["default-deny-guard.json"])
+    panels = {p["title"]: p for p in dash["panels"] if p["type"] != "row"}
+    exprs = {t: [x["expr"] for x in p["targets"]] for t, p in panels.items()}
+    for title in ("Coverage", "Namespaces by state"):
+        (e,) = exprs[title]
+        assert e.startswith("max by (state) (default_deny_guard_namespaces{"), "replicas report the same namespaces"
+    assert exprs["Unprotected namespaces"] == [
+        'max(default_deny_guard_namespaces{namespace=~"$namespace", state="unprotected"})']
+    assert "default_deny_guard_reconcile_total" in exprs["Reconciles by result"][0]
+    assert "default_deny_guard_reconcile_errors_total" in exprs["Reconcile errors by reason"][0]
+    assert all("default_deny_guard_reconcile_duration_seconds_bucket" in e for e in exprs["Reconcile duration p50 / p99"])
+    # No panel mixes the webhook's metrics with the reconciler's.
+    for title, es in exprs.items():
+        used = set().union(*(metric_names(e) for e in es))
+        assert not (used & WEBHOOK_METRICS and used & RECONCILER_METRICS), title
+
+
+def test_notes_show_coverage():
+    notes = render_notes()
+    assert f"rollout status deployment/{RECONCILER}" in notes
+    assert "kubectl get networkpolicy -A -l app.kubernetes.io/managed-by=default-deny-guard" in notes
+    assert f"port-forward service/{RECONCILER} 9091:9091" in notes
+    assert "grep '^default_deny_guard_namespaces'" in notes
+    # The backfill preview runs with the very rule flags the reconciler gets.
+    r = render()
+    rule_args = [a for a in r.reconciler_container["args"] if a[2:].split("=", 1)[0] in RULE_FLAGS]
+    assert "reconcile --backfill --dry-run" in notes
+    assert " ".join(f"'{a}'" for a in rule_args) in notes
+    notes = render_notes("reconciler-values.yaml")
+    assert "--backfill --dry-run" not in notes, "the backfill is on"
+    assert "labelled at every start" in notes
+    notes = render_notes("reconciler-cronjob-values.yaml")
+    assert f"create job {RECONCILER}-now --from=cronjob/{RECONCILER}" in notes
+    assert "kubectl get networkpolicy -A -l app.kubernetes.io/managed-by=default-deny-guard" in notes
+    warn = render_notes(values={"reconciler": {"policyTypes": "Egress"}, "networkPolicy": {"enabled": False}})
+    assert "cuts this chart's pods off from the" in warn
+
+
 # === NOTES.txt ===
 
 def test_notes_explain_how_to_verify():
@@ -835,16 +1285,17 @@ def test_notes_follow_warn_mode_and_url_mode():
     ({"config": {"warn": ["R9"]}}, "warn"),                                       # unknown rule
     ({"config": {"namespaceCache": "maybe"}}, "namespaceCache"),
     ({"config": {"enableLabel": "default-deny"}}, "enableLabel"),                 # key=value
+    ({"reconciler": {"backfil": True}}, "backfil"),                               # typo under reconciler
+    ({"reconciler": {"dns": {"podSelectr": "k8s-app=kube-dns"}}}, "podSelectr"),  # typo nested under reconciler
+    ({"reconciler": {"enabled": "yes"}}, "reconciler.enabled"),                   # wrong type
+    ({"reconciler": {"mode": "daemonset"}}, "mode"),                              # not an enum value
+    ({"reconciler": {"policyTypes": "All"}}, "policyTypes"),                      # --policy-types values only
+    ({"reconciler": {"dns": {"podSelector": "k8s-app"}}}, "podSelector"),         # key=value,...
+    ({"reconciler": {"dns": {"ports": [0]}}}, "ports"),                           # 1-65535
+    ({"reconciler": {"resyncInterval": "10 minutes"}}, "resyncInterval"),         # a duration
 ])
 def test_schema_rejects(values, complaint):
     assert complaint in render_error(values=values)
-
-
-def test_reconciler_is_reserved_not_half_rendered():
-    assert "not part of this chart version yet" in render_error(values={"reconciler": {"enabled": True}})
-    for mode in MODES:
-        for d in render(mode).docs:
-            assert "reconciler" not in d["metadata"]["name"]
 
 
 def test_schema_and_values_cover_the_same_keys():

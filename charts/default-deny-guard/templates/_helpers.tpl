@@ -1,10 +1,10 @@
 {{/*
 === Names and labels ===
 
-The chart has one component today, the webhook (`app.kubernetes.io/component: webhook`), whose objects are named
-`<fullname>`. The reconciler, when it is added, gets its own objects named `<fullname>-reconciler` with
-`component: reconciler`: pass the component to "default-deny-guard.labels" / "default-deny-guard.selectorLabels"
-as (dict "context" $ "component" "reconciler").
+The chart has two components: the webhook (`app.kubernetes.io/component: webhook`), whose objects are named
+`<fullname>`, and the reconciler (`component: reconciler`), whose objects are named `<fullname>-reconciler`. Pass
+the component to "default-deny-guard.labels" / "default-deny-guard.selectorLabels" as
+(dict "context" $ "component" "reconciler"), or use the shorthands below.
 */}}
 
 {{- define "default-deny-guard.name" -}}
@@ -56,6 +56,28 @@ app.kubernetes.io/managed-by: {{ .context.Release.Service }}
 {{ include "default-deny-guard.selectorLabels" (dict "context" . "component" "webhook") }}
 {{- end }}
 
+{{/* Shorthands for the reconciler component. */}}
+{{- define "default-deny-guard.reconciler.labels" -}}
+{{ include "default-deny-guard.labels" (dict "context" . "component" "reconciler") }}
+{{- end }}
+
+{{- define "default-deny-guard.reconciler.selectorLabels" -}}
+{{ include "default-deny-guard.selectorLabels" (dict "context" . "component" "reconciler") }}
+{{- end }}
+
+{{/* `<fullname>-reconciler`, at most 52 characters: a CronJob's name leaves 11 for the Jobs' suffix. */}}
+{{- define "default-deny-guard.reconciler.fullname" -}}
+{{- printf "%s-reconciler" (include "default-deny-guard.fullname" . | trunc 41 | trimSuffix "-") }}
+{{- end }}
+
+{{- define "default-deny-guard.reconciler.serviceAccountName" -}}
+{{- if .Values.reconciler.serviceAccount.create }}
+{{- default (include "default-deny-guard.reconciler.fullname" .) .Values.reconciler.serviceAccount.name }}
+{{- else }}
+{{- .Values.reconciler.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
 {{- define "default-deny-guard.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "default-deny-guard.fullname" .) .Values.serviceAccount.name }}
@@ -76,6 +98,25 @@ app.kubernetes.io/managed-by: {{ .context.Release.Service }}
 {{/*
 === Modes ===
 */}}
+
+{{/* "true" when the reconciler is deployed (in-cluster mode and `reconciler.enabled`); "" otherwise. */}}
+{{- define "default-deny-guard.reconciler.enabled" -}}
+{{- if and (include "default-deny-guard.inCluster" .) .Values.reconciler.enabled }}true{{ end }}
+{{- end }}
+
+{{/* "true" when the reconciler runs as the long-running controller (health, metrics); "" otherwise. */}}
+{{- define "default-deny-guard.reconciler.controller" -}}
+{{- if and (include "default-deny-guard.reconciler.enabled" .) (eq .Values.reconciler.mode "controller") }}true{{ end }}
+{{- end }}
+
+{{/*
+"true" when the chart's NetworkPolicies govern egress: asked for (`networkPolicy.egress.enabled`), or implied because
+the reconciler denies egress, and may do so in the release namespace (it is not a system namespace), which would
+cut the chart's pods off from the API server.
+*/}}
+{{- define "default-deny-guard.egressRestricted" -}}
+{{- if or .Values.networkPolicy.egress.enabled (and (include "default-deny-guard.reconciler.enabled" .) (contains "Egress" .Values.reconciler.policyTypes)) }}true{{ end }}
+{{- end }}
 
 {{/* "true" when the webhook runs in the cluster (the usual case); "" in out-of-cluster mode (`webhook.url`). */}}
 {{- define "default-deny-guard.inCluster" -}}
@@ -241,15 +282,42 @@ annotations:
 {{- end }}
 
 {{/*
+=== Arguments ===
+
+The rules' flags, from `config`: the very same list for `serve` and `reconcile` (RuleArgs in src/cli.rs), so that the
+webhook and the reconciler agree on system namespaces, the enable label and exceptions. `--trusted-deleters` and
+`--warn` are `serve`'s alone (`reconcile` accepts and ignores them).
+*/}}
+{{- define "default-deny-guard.ruleArgs" -}}
+- {{ printf "--system-namespaces=%s" (join "," .Values.config.systemNamespaces) | quote }}
+{{- with .Values.config.systemNamespaceLabel }}
+- {{ printf "--system-namespace-label=%s" . | quote }}
+{{- end }}
+- {{ printf "--enable-label=%s" .Values.config.enableLabel | quote }}
+- {{ printf "--exception-annotation=%s" .Values.config.exceptionAnnotation | quote }}
+- {{ printf "--exception-expires-annotation=%s" .Values.config.exceptionExpiresAnnotation | quote }}
+{{- end }}
+
+{{/* The API server egress rule of the chart's NetworkPolicies (an item of `egress`). */}}
+{{- define "default-deny-guard.apiServerEgress" -}}
+- ports:
+    {{- range .Values.networkPolicy.egress.apiServerPorts }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+  {{- with .Values.networkPolicy.egress.apiServerTo }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+
+{{/*
 === Checks ===
 
 Settings that would deploy something broken fail the rendering, with the reason and the fix.
 */}}
 {{- define "default-deny-guard.validate" -}}
 {{- $mode := include "default-deny-guard.tlsMode" . }}
-{{- if .Values.reconciler.enabled }}
-{{- fail "reconciler.enabled: the reconciler is not part of this chart version yet; run `default-deny-guard reconcile` yourself meanwhile, or leave it false" }}
-{{- end }}
 {{- if and .Values.webhook.url (not (hasPrefix "https://" .Values.webhook.url)) }}
 {{- fail "webhook.url: the API server calls webhooks over HTTPS only; the URL must start with https://" }}
 {{- end }}
@@ -281,6 +349,24 @@ Settings that would deploy something broken fail the rendering, with the reason 
 {{- end }}
 {{- if and .Values.podDisruptionBudget.enabled (not .Values.autoscaling.enabled) (le (int .Values.replicaCount) 1) (not (kindIs "invalid" .Values.podDisruptionBudget.minAvailable)) (ge (int .Values.podDisruptionBudget.minAvailable) 1) }}
 {{- fail "podDisruptionBudget.minAvailable >= replicaCount: with a single replica no node could ever be drained; use maxUnavailable, or more replicas, or disable the PodDisruptionBudget" }}
+{{- end }}
+{{- end }}
+{{- if include "default-deny-guard.reconciler.enabled" . }}
+{{- $r := .Values.reconciler }}
+{{- if and (not $r.serviceAccount.create) (not $r.serviceAccount.name) }}
+{{- fail "reconciler.serviceAccount.name is required with reconciler.serviceAccount.create=false: name the existing ServiceAccount the reconciler runs as (not the namespace's `default`, whose other users would get write access to NetworkPolicies)" }}
+{{- end }}
+{{- if eq (include "default-deny-guard.reconciler.serviceAccountName" .) (include "default-deny-guard.serviceAccountName" .) }}
+{{- fail (printf "reconciler.serviceAccount: the reconciler and the webhook must not share the ServiceAccount %q: the reconciler's may write NetworkPolicies, the webhook's must not" (include "default-deny-guard.serviceAccountName" .)) }}
+{{- end }}
+{{- if and $r.backfill (has "R4" .Values.config.warn) }}
+{{- fail "reconciler.backfill labels every existing namespace, while R4 is in warn mode (config.warn) so that new namespaces are not labelled yet: finish the roll-out of R4 first, or leave reconciler.backfill false" }}
+{{- end }}
+{{- if eq (int $r.healthPort) (int $r.metricsPort) }}
+{{- fail (printf "reconciler.healthPort and reconciler.metricsPort are both %d: the two servers need a port each" (int $r.healthPort)) }}
+{{- end }}
+{{- if and (eq $r.mode "controller") (lt (int $r.terminationGracePeriodSeconds) (int $r.shutdownTimeoutSeconds)) }}
+{{- fail (printf "reconciler.terminationGracePeriodSeconds (%d) must cover reconciler.shutdownTimeoutSeconds (%d), or running reconciles are cut off" (int $r.terminationGracePeriodSeconds) (int $r.shutdownTimeoutSeconds)) }}
 {{- end }}
 {{- end }}
 {{- $matchConditions := concat .Values.webhook.validating.matchConditions .Values.webhook.mutating.matchConditions }}
