@@ -76,11 +76,11 @@ for m in "${modes[@]}"; do check "lint $m" lint "$m"; done
 
 echo "helm template | kubernetes-validate --strict -k $kube_version (built-in kinds):"
 for m in "${modes[@]}"; do check "validate $m" validate "$m"; done
-echo "oldest Kubernetes versions the chart supports (Chart.yaml kubeVersion; preStop sleep from 1.29):"
+echo "oldest Kubernetes versions the chart supports (Chart.yaml kubeVersion; the preStop sleep action from 1.29, serve's --shutdown-delay before):"
 check "validate default on 1.29.0" validate default 1.29.0
-check "validate options on 1.28.0, preStop off" validate options 1.28.0 --set preStop.enabled=false
-check "validate default on 1.25.0, preStop off" validate default 1.25.0 --set preStop.enabled=false
-check "validate reconciler-cronjob on 1.25.0, preStop off" validate reconciler-cronjob 1.25.0 --set preStop.enabled=false
+check "validate options on 1.28.0" validate options 1.28.0
+check "validate default on 1.25.0" validate default 1.25.0
+check "validate reconciler-cronjob on 1.25.0" validate reconciler-cronjob 1.25.0
 
 echo "hadolint:"
 check "hadolint --failure-threshold warning Dockerfile" hadolint --failure-threshold warning "$root/Dockerfile"

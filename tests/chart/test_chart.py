@@ -212,7 +212,7 @@ def test_match_conditions_and_selectors_pass_through():
 
 
 def test_match_conditions_refused_before_kubernetes_1_28():
-    err = render_error("options-values.yaml", kube_version="1.27.0", values={"preStop": {"enabled": False}})
+    err = render_error("options-values.yaml", kube_version="1.27.0")
     assert "matchConditions need Kubernetes 1.28+" in err
 
 
@@ -655,10 +655,15 @@ def test_hpa():
     assert targets == {"cpu": 70, "memory": 80}
 
 
-def test_prestop_sleep_needs_kubernetes_1_29():
-    assert "needs Kubernetes 1.29+" in render_error(kube_version="1.28.0")
+def test_the_pause_is_the_servers_own_before_kubernetes_1_29():
+    r = render()
+    assert "shutdown-delay" not in r.flags(), "1.29+: the preStop sleep action pauses"
+    r = render(kube_version="1.28.0")
+    assert "lifecycle" not in r.container, "no sleep action before 1.29"
+    assert r.flags()["shutdown-delay"] == "5s", "serve pauses itself: unready at SIGTERM, serving on"
+    assert r.pod["terminationGracePeriodSeconds"] >= 5 + int(r.flags()["shutdown-timeout"].rstrip("s"))
     r = render(kube_version="1.28.0", values={"preStop": {"enabled": False}})
-    assert "lifecycle" not in r.container
+    assert "lifecycle" not in r.container and "shutdown-delay" not in r.flags()
     assert "unhealthyPodEvictionPolicy" in r.one("PodDisruptionBudget")["spec"]
     r = render(kube_version="1.26.0", values={"preStop": {"enabled": False}})
     assert "unhealthyPodEvictionPolicy" not in r.one("PodDisruptionBudget")["spec"], "field is 1.27+"

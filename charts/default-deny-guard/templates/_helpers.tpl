@@ -340,9 +340,6 @@ Settings that would deploy something broken fail the rendering, with the reason 
 {{- fail (printf "the release namespace %q is a system namespace (config.systemNamespaces): the webhooks exempt their own namespace so that they can always be repaired, which would leave %s unguarded by R1. Install into a namespace of its own, e.g. `helm install ... -n default-deny-guard --create-namespace`" $ns $ns) }}
 {{- end }}
 {{- end }}
-{{- if and .Values.preStop.enabled (semverCompare "<1.29-0" .Capabilities.KubeVersion.Version) }}
-{{- fail (printf "preStop.enabled: the preStop sleep action needs Kubernetes 1.29+ (this is %s); set preStop.enabled=false (see values.yaml for the trade-off)" .Capabilities.KubeVersion.Version) }}
-{{- end }}
 {{- $pause := ternary (int .Values.preStop.sleepSeconds) 0 .Values.preStop.enabled }}
 {{- if lt (int .Values.terminationGracePeriodSeconds) (add $pause (int .Values.config.shutdownTimeoutSeconds)) }}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must cover preStop.sleepSeconds (%d) plus config.shutdownTimeoutSeconds (%d), or in-flight requests are cut off" (int .Values.terminationGracePeriodSeconds) $pause (int .Values.config.shutdownTimeoutSeconds)) }}
@@ -373,4 +370,14 @@ Settings that would deploy something broken fail the rendering, with the reason 
 {{- if and $matchConditions (semverCompare "<1.28-0" .Capabilities.KubeVersion.Version) }}
 {{- fail (printf "webhook.*.matchConditions need Kubernetes 1.28+ (this is %s)" .Capabilities.KubeVersion.Version) }}
 {{- end }}
+{{- end }}
+
+{{/*
+How the shutdown pause is taken: "preStop" (the kubelet's sleep action, Kubernetes 1.29+), "server" (serve's own
+--shutdown-delay, for older clusters), or "" (no pause).
+*/}}
+{{- define "default-deny-guard.pauseBy" -}}
+{{- if .Values.preStop.enabled -}}
+{{- ternary "preStop" "server" (semverCompare ">=1.29-0" .Capabilities.KubeVersion.Version) -}}
+{{- end -}}
 {{- end }}
