@@ -137,15 +137,19 @@ async fn watches_sync_then_a_deleted_policy_is_recreated_in_its_namespace() {
     let metrics = Exporter::new();
     let reconcile_metrics = crate::reconcile::metrics::ReconcileMetrics::register(&metrics);
     let (policies, policy_writer) = reflector::store::<NetworkPolicy>();
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        Settings::default(),
-        PolicyTemplate::new("Ingress".parse().unwrap(), DnsAllowance::default()),
-        policies,
-        reconcile_metrics.clone(),
-        Timing::default(),
-        Reporter { controller: "default-deny-guard".into(), instance: Some("r-0".into()) },
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            Settings::default(),
+            PolicyTemplate::new("Ingress".parse().unwrap(), DnsAllowance::default()),
+            policies,
+            reconcile_metrics.clone(),
+            Timing::default(),
+            Reporter { controller: "default-deny-guard".into(), instance: Some("r-0".into()) },
+        )
+        // As `reconcile` makes it: the policy cache is empty until the policy watch's first list.
+        .with_unsynced_policies(),
+    );
     let (health_addr, metrics_addr) = (free_port(), free_port());
     let endpoints = Endpoints { health_addr, metrics_addr, concurrency: 2, shutdown_timeout: Duration::from_secs(5) };
     let (stop, stopped) = oneshot::channel::<()>();
