@@ -1,6 +1,8 @@
 //! End-to-end: kubectl -> a real kube-apiserver (1.20.2, `hack/kube-local/`) -> the release `serve`, registered
 //! with the webhook configurations that the chart's own templates render. Each scenario asserts what the user
-//! sees: kubectl's exit status and its message, and what the webhook logged.
+//! sees: kubectl's exit status and its message, and what the webhook logged. The `reconciler_*` scenarios add the
+//! release `reconcile` (long-running, `--once`, `--backfill`) against the same control plane and webhook: the
+//! policies it keeps as kubectl shows them, its report and exit status, its metrics and log.
 //!
 //! Every test is `#[ignore]`d, so `cargo test` needs no cluster. `./hack/e2e.sh` provisions and starts the control
 //! plane, builds the release binary and runs
@@ -45,6 +47,8 @@ struct Shared {
     main: Webhook,
     /// Suffix of the namespaces of this run, so that the suite can run again against a cluster it already used.
     run: String,
+    /// The API server's minor version, e.g. 20 for v1.20.2.
+    minor: u32,
 }
 
 /// The shared state, locked for the duration of a test: the tests that re-point the webhook configurations must
@@ -76,7 +80,8 @@ impl Shared {
         wait_for_probe(&cluster, Probe::MAIN);
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
         let run = format!("{:04x}", (std::process::id() ^ nanos) & 0xffff);
-        Shared { cluster, main, run }
+        let minor = cluster.server_minor_version();
+        Shared { cluster, main, run, minor }
     }
 
     /// A namespace name of this run.
@@ -979,4 +984,608 @@ fn namespace_selector_on_this_server_version() {
 fn metric(text: &str, name: &str, kind: &str) -> f64 {
     let prefix = format!("{name}{{kind=\"{kind}\"}} ");
     text.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+// === The reconciler ===
+//
+// `reconcile` runs against the same control plane, with the main webhook registered (the reconciler's writes are
+// reviewed like anyone's). Two things differ from the webhook's scenarios:
+// - A long-running reconciler works on every namespace of the cluster, including the other scenarios' ones (it
+//   creates their policies too): its scenarios look at their own namespaces, and measure the metrics as changes.
+// - `reconcile --once` and `--backfill` report on, and exit by, the whole cluster, where other scenarios leave
+//   namespaces unprotected on purpose (unlabelled, foreign policies). Their runs here are given every other namespace
+//   as a system namespace (see `only`), so that what they print and their exit status are about the scenario's own
+//   namespaces, and so that they label no one else's.
+
+/// How long the reconciler may take to put a policy in place (it takes well under a second here).
+const RECONCILE_LIMIT: Duration = Duration::from_secs(10);
+/// A `reconcile --once` / `--backfill` run.
+const ONCE_LIMIT: Duration = Duration::from_secs(60);
+const POLICY: &str = "default-deny-all";
+const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+
+/// `--system-namespaces=...` for a `reconcile --once` / `--backfill` that is to see only `ours`: the three default
+/// system namespaces and every other namespace of the cluster.
+fn only(s: &Shared, ours: &[&str]) -> String {
+    let out = s.kubectl(&["get", "namespaces", "-o", "jsonpath={.items[*].metadata.name}"]);
+    out.ok();
+    let mut system = vec!["kube-system", "kube-public", "kube-node-lease"];
+    for name in out.stdout.split_whitespace() {
+        if !ours.contains(&name) && !system.contains(&name) {
+            system.push(name);
+        }
+    }
+    format!("--system-namespaces={}", system.join(","))
+}
+
+/// `NetworkPolicy default-deny-all` in `ns` as kubectl shows it (`-o json`), or `None` when there is none.
+fn policy(s: &Shared, ns: &str) -> Option<Value> {
+    let out = s.kubectl(&["get", "networkpolicy", POLICY, "-n", ns, "-o", "json"]);
+    if out.code == Some(1) && out.stderr.contains("NotFound") {
+        return None;
+    }
+    out.ok();
+    Some(serde_json::from_str(&out.stdout).unwrap())
+}
+
+/// Polls until `default-deny-all` in `ns` satisfies `pred`; returns it.
+#[track_caller]
+fn wait_for_policy(s: &Shared, ns: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    poll(what, RECONCILE_LIMIT, Duration::from_millis(100), || match policy(s, ns) {
+        Some(p) if pred(&p) => Ok(p),
+        other => Err(other.map_or_else(|| format!("no NetworkPolicy {ns}/{POLICY}"), |p| p.to_string())),
+    })
+}
+
+/// The reconciler's policy, as the API server returns it: `ingress: []` comes back absent.
+fn ingress_deny_spec() -> Value {
+    json!({"podSelector": {}, "policyTypes": ["Ingress"]})
+}
+
+/// Asserts that `p` is the reconciler's policy with `spec`.
+#[track_caller]
+fn assert_managed(p: &Value, spec: &Value) {
+    assert_eq!(p["metadata"]["labels"][MANAGED_BY], "default-deny-guard", "the managed-by label: {p:#}");
+    assert_eq!(&p["spec"], spec, "the spec: {p:#}");
+}
+
+/// The Events about namespace `ns`, from every namespace (`kubectl get events -A`), as core/v1 Events.
+fn namespace_events(s: &Shared, ns: &str) -> Vec<Value> {
+    let selector = format!("involvedObject.kind=Namespace,involvedObject.name={ns}");
+    let out = s.kubectl(&["get", "events", "-A", "--field-selector", &selector, "-o", "json"]);
+    out.ok();
+    let list: Value = serde_json::from_str(&out.stdout).unwrap();
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// The reconciler's Event `reason` about namespace `ns` (the first that satisfies `pred`), where the API server takes
+/// it. A Namespace is cluster-scoped, and kube's event recorder writes Events about cluster-scoped objects into
+/// `default`; before kubernetes/kubernetes#100125 (so on 1.20) the validation of events.k8s.io/v1 Events wants
+/// `kube-system` there and answers 422 "involvedObject.namespace: Invalid value: \"\": does not match
+/// event.namespace". Events are best effort: the reconcile goes on, and the reconciler logs the rejection, which
+/// `refused` looks for. `None` when refused.
+#[track_caller]
+fn namespace_event(
+    s: &Shared,
+    ns: &str,
+    reason: &str,
+    pred: impl Fn(&Value) -> bool,
+    refused: impl Fn() -> bool,
+) -> Option<Value> {
+    let what = format!("the Event {reason} about namespace {ns}, or the reconciler's word that it was refused");
+    let got = poll(&what, RECONCILE_LIMIT, Duration::from_millis(200), || {
+        let events = namespace_events(s, ns);
+        if let Some(e) = events.iter().find(|e| e["reason"] == reason && pred(e)) {
+            return Ok(Some(e.clone()));
+        }
+        if refused() {
+            return Ok(None);
+        }
+        Err(serde_json::to_string_pretty(&events).unwrap())
+    });
+    // 1.21 is left open: the change is from 2021.
+    match s.minor {
+        ..=20 => assert!(got.is_none(), "1.{} refuses Events about a Namespace in default: {got:#?}", s.minor),
+        22.. => assert!(got.is_some(), "1.{} takes Events about a Namespace in default", s.minor),
+        _ => {}
+    }
+    got
+}
+
+/// How often the long-running reconciler logged that the API server refused its Event `reason` about `ns`.
+fn event_refusals_in_log(rec: &Reconciler, ns: &str, reason: &str) -> usize {
+    let refusals = rec.proc.logs().into_iter().filter(|v| {
+        v["message"] == "could not publish the Event"
+            && v["namespace"] == ns
+            && v["reason"] == reason
+            && v["error"].as_str().is_some_and(|e| e.contains("does not match event.namespace"))
+    });
+    refusals.count()
+}
+
+/// Whether a `reconcile --once` run logged (on stderr) that the API server refused its Event `reason` about `ns`.
+fn event_refused_in_output(out: &Out, ns: &str, reason: &str) -> bool {
+    let says = format!("could not publish the Event namespace={ns} reason=\"{reason}\"");
+    out.stderr.lines().any(|l| l.contains(&says) && l.contains("does not match event.namespace"))
+}
+
+/// Asserts where and how the reconciler's Event about a Namespace is written: in `default` (a Namespace is
+/// cluster-scoped), about the Namespace, the policy as the related object, from the reconciler.
+#[track_caller]
+fn assert_event(e: &Value, ns: &str, type_: &str, message: &str) {
+    assert_eq!(e["metadata"]["namespace"], "default", "{e:#}");
+    assert_eq!(e["involvedObject"]["kind"], "Namespace", "{e:#}");
+    assert_eq!(e["involvedObject"]["name"], ns, "{e:#}");
+    assert_eq!(e["related"]["kind"], "NetworkPolicy", "{e:#}");
+    assert_eq!(e["related"]["namespace"], ns, "{e:#}");
+    assert_eq!(e["related"]["name"], POLICY, "{e:#}");
+    assert_eq!(e["reportingComponent"], "default-deny-guard", "{e:#}");
+    assert_eq!(e["type"], type_, "{e:#}");
+    assert_eq!(e["message"], message, "{e:#}");
+}
+
+/// Waits until the reconciler has been through every namespace it started with and its metrics stay the same for
+/// a while (the namespace gauge is surveyed at most once a second).
+fn settle(s: &Shared, rec: &Reconciler) {
+    let series = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| {
+                l.starts_with("default_deny_guard_namespaces{") || l.starts_with("default_deny_guard_reconcile_total{")
+            })
+            .map(str::to_owned)
+            .collect()
+    };
+    let started = Instant::now();
+    let mut last = series(&rec.metrics_text());
+    poll("the reconciler's first pass to settle", Duration::from_secs(30), Duration::ZERO, || {
+        // Longer than the survey's interval, so that a survey still due has been made.
+        std::thread::sleep(Duration::from_millis(1200));
+        let now = series(&rec.metrics_text());
+        let surveyed = ["protected", "unprotected", "exempt"].iter().any(|state| rec.namespaces(state) > 0.0);
+        let same = now == last;
+        last = now;
+        if surveyed && same { Ok(()) } else { Err(last.join("\n")) }
+    });
+    s.cluster.note(&format!("{}: settled after {:.1} s", rec.proc.name, started.elapsed().as_secs_f64()));
+}
+
+/// The reconciler's log lines from `mark` on with `message`.
+fn rec_logs(rec: &Reconciler, mark: usize, message: &str) -> Vec<Value> {
+    rec.proc.logs_since(mark).into_iter().filter(|v| v["message"] == message).collect()
+}
+
+/// Stops the reconciler (SIGTERM: exit 0), after asserting that none of its reconciles failed and that the main
+/// webhook denied nothing under R1 (no default-deny policy in a system namespace) since `mark`, taken before it
+/// started: with the same rule flags, the reconciler never asks for what R1 refuses.
+#[track_caller]
+fn stop(s: &Shared, mut rec: Reconciler, mark: usize) {
+    let failed = rec_logs(&rec, 0, "reconcile failed; retrying");
+    assert!(failed.is_empty(), "no reconcile failed: {failed:#?}");
+    let r1: Vec<Value> = s.main.decisions_since(mark).into_iter().filter(|d| is_decision(d, "deny", "R1")).collect();
+    assert!(r1.is_empty(), "R1 denied nothing while the reconciler ran: {r1:#?}");
+    let status = rec.proc.terminate(Duration::from_secs(30));
+    assert_eq!(status.and_then(|st| st.code()), Some(0), "SIGTERM: exit 0; log: {}", rec.proc.log_path.display());
+}
+
+/// Issue 8, with the reconciler: a new namespace (labelled by the webhook, R4) gets `default-deny-all` within
+/// seconds, labelled as managed, with an Event on the namespace; the reconciler is ready and counts the namespace
+/// as protected.
+#[test]
+#[ignore = "needs a control plane: ./hack/e2e.sh"]
+fn reconciler_gives_a_new_namespace_its_policy() {
+    let mut s = shared();
+    s.cluster.note("reconciler_gives_a_new_namespace_its_policy");
+    let start = s.main.proc.log_mark();
+    let mut rec = Reconciler::start(&s.cluster, "reconciler-new", &[]);
+    assert_eq!(rec.readyz(), (200, "ok".to_owned()));
+    settle(&s, &rec);
+    let (protected, created) = (rec.namespaces("protected"), rec.reconciles("created"));
+
+    let ns = s.ns("rec-new");
+    let (mark, rec_mark) = (s.main.proc.log_mark(), rec.proc.log_mark());
+    let started = Instant::now();
+    s.create_namespace(&ns);
+    let p = wait_for_policy(&s, &ns, "the reconciler to create default-deny-all", |_| true);
+    let took = started.elapsed();
+    s.cluster.fact(&format!(
+        "a new namespace had its default-deny-all {:.2} s after `kubectl create namespace` returned (limit {RECONCILE_LIMIT:?})",
+        took.as_secs_f64()
+    ));
+    assert_managed(&p, &ingress_deny_spec());
+    s.kubectl(&["get", "networkpolicy", "-n", &ns, "--show-labels"])
+        .ok()
+        .stdout_has(POLICY)
+        .stdout_has("app.kubernetes.io/managed-by=default-deny-guard");
+
+    // The reconciler's apply went through the webhook like anyone's.
+    let d = s.main.wait_for_decision(mark, "NetworkPolicy", &ns, POLICY, "CREATE");
+    assert_eq!(d["decision"], "allow", "{d}");
+    let line = rec.proc.wait_for_log("the creation", rec_mark, RECONCILE_LIMIT, |v| {
+        v["namespace"] == ns.as_str() && v["result"] == "created"
+    });
+    assert_eq!(line["message"], "Created NetworkPolicy default-deny-all (denies all ingress).", "{line}");
+
+    let event =
+        namespace_event(&s, &ns, "PolicyCreated", |_| true, || event_refusals_in_log(&rec, &ns, "PolicyCreated") > 0);
+    if let Some(e) = event {
+        assert_event(&e, &ns, "Normal", "Created NetworkPolicy default-deny-all (denies all ingress).");
+        s.kubectl(&["get", "events", "-n", "default", "--field-selector", &format!("involvedObject.name={ns}")])
+            .ok()
+            .stdout_has("PolicyCreated");
+    } else {
+        s.cluster.fact(&format!(
+            "on 1.{}, the reconciler's Events about a Namespace (events.k8s.io/v1, in default) are refused: 422 \
+             does not match event.namespace; the policy is in place all the same",
+            s.minor
+        ));
+    }
+    s.kubectl(&["get", "events", "-n", &ns]).ok().stdout_is("").stderr_has("No resources found");
+
+    assert_eq!(rec.readyz(), (200, "ok".to_owned()));
+    poll("the metrics to count the new namespace", RECONCILE_LIMIT, Duration::from_millis(200), || {
+        let now = (rec.namespaces("protected"), rec.reconciles("created"));
+        if now == (protected + 1.0, created + 1.0) { Ok(()) } else { Err(now) }
+    });
+    stop(&s, rec, start);
+}
+
+/// A deleted policy comes back: the webhook refuses a plain delete (R2); with an exception on the policy the delete
+/// goes through, and the reconciler recreates the policy within seconds, since the namespace still has the label.
+/// A policy changed to allow everything (with an exception, as R3 asks) is put back as well.
+#[test]
+#[ignore = "needs a control plane: ./hack/e2e.sh"]
+fn reconciler_restores_a_deleted_or_changed_policy() {
+    let mut s = shared();
+    s.cluster.note("reconciler_restores_a_deleted_or_changed_policy");
+    let start = s.main.proc.log_mark();
+    let mut rec = Reconciler::start(&s.cluster, "reconciler-restore", &[]);
+    let ns = s.ns("rec-restore");
+    s.create_namespace(&ns);
+    let first = wait_for_policy(&s, &ns, "the reconciler to create default-deny-all", |_| true);
+    let first_uid = first["metadata"]["uid"].as_str().unwrap().to_owned();
+    let restored = rec.reconciles("restored");
+
+    s.kubectl(&["delete", "networkpolicy", POLICY, "-n", &ns])
+        .code(1)
+        .stderr_has(&denied_by(NP_WEBHOOK))
+        .stderr_has(&format!("NetworkPolicy {ns}/{POLICY} is the default-deny policy of namespace {ns}"));
+    s.kubectl(&["annotate", "networkpolicy", POLICY, "-n", &ns, &format!("{EXC}=E2E-8: does it come back?")])
+        .ok()
+        .stdout_is("networkpolicy.networking.k8s.io/default-deny-all annotated");
+    let mark = s.main.proc.log_mark();
+    let started = Instant::now();
+    s.kubectl(&["delete", "networkpolicy", POLICY, "-n", &ns])
+        .ok()
+        .stdout_is("networkpolicy.networking.k8s.io \"default-deny-all\" deleted");
+    let back = wait_for_policy(&s, &ns, "the reconciler to recreate default-deny-all", |p| {
+        p["metadata"]["uid"] != first_uid.as_str()
+    });
+    let took = started.elapsed();
+    s.cluster.fact(&format!(
+        "a deleted default-deny-all was back {:.2} s after `kubectl delete` returned",
+        took.as_secs_f64()
+    ));
+    assert_managed(&back, &ingress_deny_spec());
+    assert!(back["metadata"]["annotations"].get(EXC).is_none(), "a new policy, without the exception: {back:#}");
+    let d = s.main.wait_for_decision(mark, "NetworkPolicy", &ns, POLICY, "DELETE");
+    assert!(is_decision(&d, "allow", "R2"), "{d}");
+    let recreated = "Recreated NetworkPolicy default-deny-all, which was deleted (denies all ingress).";
+    let refused = || event_refusals_in_log(&rec, &ns, "PolicyRestored") > 0;
+    if let Some(e) = namespace_event(&s, &ns, "PolicyRestored", |_| true, refused) {
+        assert_event(&e, &ns, "Normal", recreated);
+        assert_eq!(e["related"]["uid"], back["metadata"]["uid"], "{e:#}");
+    }
+    rec.proc.wait_for_log("the restore", 0, RECONCILE_LIMIT, |v| {
+        v["namespace"] == ns.as_str() && v["message"] == recreated
+    });
+
+    // Drift: allow everything. R3 refuses it without an exception; with one, the reconciler puts the spec back.
+    let allow_all = json!({"spec": {"ingress": [{}]}}).to_string();
+    s.kubectl(&["patch", "networkpolicy", POLICY, "-n", &ns, "--type=merge", "-p", &allow_all])
+        .code(1)
+        .stderr_has(&denied_by(NP_WEBHOOK))
+        .stderr_has("into a policy that allows all traffic");
+    let excepted = json!({"metadata": {"annotations": {EXC: "E2E-8: and after a change?"}}, "spec": {"ingress": [{}]}});
+    let out = s.kubectl(&["patch", "networkpolicy", POLICY, "-n", &ns, "--type=merge", "-p", &excepted.to_string()]);
+    out.ok().stdout_is("networkpolicy.networking.k8s.io/default-deny-all patched");
+    let started = Instant::now();
+    let repaired = wait_for_policy(&s, &ns, "the reconciler to restore the spec", |p| p["spec"] == ingress_deny_spec());
+    s.cluster.fact(&format!(
+        "a default-deny-all changed to allow all ingress was restored {:.2} s after `kubectl patch` returned",
+        started.elapsed().as_secs_f64()
+    ));
+    assert_managed(&repaired, &ingress_deny_spec());
+    assert_eq!(repaired["metadata"]["uid"], back["metadata"]["uid"], "the same policy, repaired in place");
+    // Annotations are not the reconciler's: the exception that allowed the change stays on the restored policy.
+    assert_eq!(repaired["metadata"]["annotations"][EXC], "E2E-8: and after a change?", "{repaired:#}");
+    let drift_note = "Restored NetworkPolicy default-deny-all, which had been changed (spec.ingress): denies all \
+                      ingress.";
+    rec.proc.wait_for_log("the repair", 0, RECONCILE_LIMIT, |v| {
+        v["namespace"] == ns.as_str() && v["message"] == drift_note
+    });
+    let refused = || event_refusals_in_log(&rec, &ns, "PolicyRestored") > 1;
+    if let Some(e) = namespace_event(&s, &ns, "PolicyRestored", |e| e["message"] == drift_note, refused) {
+        assert_event(&e, &ns, "Normal", drift_note);
+    }
+    s.kubectl(&["get", "events", "-n", "default", "--field-selector", &format!("involvedObject.name={ns}")]).ok();
+
+    poll("the metrics to count both restores", RECONCILE_LIMIT, Duration::from_millis(200), || {
+        let now = rec.reconciles("restored");
+        if now == restored + 2.0 { Ok(()) } else { Err(now) }
+    });
+    stop(&s, rec, start);
+}
+
+impl<'a> Repointed<'a> {
+    /// Deletes the MutatingWebhookConfiguration, as before the webhook was installed (for new namespaces: they get
+    /// no label), and waits until the API server no longer calls it; registers both again when dropped.
+    fn without_mutating(shared: &'a Shared) -> Repointed<'a> {
+        let guard = Repointed { shared };
+        let name = format!("{RELEASE}-default-deny-guard");
+        shared
+            .kubectl(&["delete", "mutatingwebhookconfiguration", &name])
+            .ok()
+            .stdout_is(&format!("mutatingwebhookconfiguration.admissionregistration.k8s.io \"{name}\" deleted"));
+        wait_for_probe(&shared.cluster, Probe { validating: Validating::Denied, mutating: Mutating::Unlabelled });
+        guard
+    }
+}
+
+/// `--backfill`: namespaces that existed before the webhook (here: created while its MutatingWebhookConfiguration
+/// was gone) lack the label. `--backfill --dry-run` lists them, skips the system namespaces and one with an
+/// exception, and changes nothing; `--backfill --once` labels them, creates their policies and exits 0.
+#[test]
+#[ignore = "needs a control plane: ./hack/e2e.sh"]
+fn reconciler_backfill_labels_namespaces_that_predate_the_webhook() {
+    let s = shared();
+    s.cluster.note("reconciler_backfill_labels_namespaces_that_predate_the_webhook");
+    let (old_a, old_b, legacy) = (s.ns("rec-old-a"), s.ns("rec-old-b"), s.ns("rec-legacy"));
+    {
+        let _unregistered = Repointed::without_mutating(&s);
+        s.create_namespace(&old_a);
+        s.create_namespace(&old_b);
+        let manifest = json!({"apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": legacy, "annotations": {EXC: "E2E-8: legacy app, SEC-789"}}});
+        s.cluster.kubectl_in(&["create", "-f", "-"], Some(&manifest.to_string())).ok();
+    }
+    let names = [old_a.as_str(), old_b.as_str(), legacy.as_str()];
+    let mut show_labels = vec!["get", "namespaces"];
+    show_labels.extend(names);
+    show_labels.push("--show-labels");
+    let out = s.kubectl(&show_labels);
+    out.ok();
+    assert_eq!(out.stdout.matches("default-deny=enabled").count(), 0, "no label yet:\n{out}");
+
+    // The dry run, over the whole cluster as a user would run it: lists, changes nothing.
+    let out = s.cluster.run(&["reconcile", "--backfill", "--dry-run"], ONCE_LIMIT);
+    out.code(0)
+        .stdout_has("namespace(s) would be labelled default-deny=enabled\n")
+        .stdout_has(&format!("label  {old_a}\n"))
+        .stdout_has(&format!("label  {old_b}\n"))
+        .stdout_has(&format!("skip   {legacy} (exception \"E2E-8: legacy app, SEC-789\")\n"));
+    for system in ["kube-system", "kube-public", "kube-node-lease"] {
+        assert!(!out.stdout.contains(&format!("label  {system}")), "{system} is not to be labelled:\n{out}");
+        // Listed as skipped, unless a scenario labelled it meanwhile.
+        let labelled = s.kubectl(&["get", "namespace", system, "-o", "jsonpath={.metadata.labels.default-deny}"]);
+        if labelled.ok().stdout.is_empty() {
+            out.stdout_has(&format!("skip   {system} (system namespace)\n"));
+        }
+    }
+    let out = s.kubectl(&show_labels);
+    assert_eq!(out.ok().stdout.matches("default-deny=enabled").count(), 0, "the dry run changed nothing:\n{out}");
+    for ns in names {
+        assert!(policy(&s, ns).is_none(), "the dry run created nothing in {ns}");
+    }
+
+    // The backfill, and one pass.
+    let scope = only(&s, &names);
+    let out = s.cluster.run(&["reconcile", "--backfill", "--once", &scope], ONCE_LIMIT);
+    out.code(0)
+        .stdout_has(&format!("label  {old_a}: done\n"))
+        .stdout_has(&format!("label  {old_b}: done\n"))
+        .stdout_has(&format!("skip   {legacy} (exception \"E2E-8: legacy app, SEC-789\")\n"))
+        .stdout_has(&format!("created      {old_a}\n"))
+        .stdout_has(&format!("created      {old_b}\n"))
+        .stdout_has("namespaces: 2 protected, 0 unprotected, ");
+    assert!(!out.stdout.contains("unprotected  "), "{out}");
+    let out = s.kubectl(&show_labels);
+    out.ok();
+    for line in out.stdout.lines().skip(1) {
+        let labelled = line.ends_with("default-deny=enabled");
+        assert_eq!(labelled, !line.starts_with(&legacy), "{line}\n{out}");
+    }
+    for ns in [&old_a, &old_b] {
+        assert_managed(&policy(&s, ns).unwrap(), &ingress_deny_spec());
+    }
+    assert!(policy(&s, &legacy).is_none(), "the namespace with an exception is left alone");
+}
+
+/// "Deny all except monitoring", named default-deny-all by someone else: a field-manager conflict for the reconciler.
+const FOREIGN_POLICY: &str = r#"{"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+  "metadata": {"name": "default-deny-all"},
+  "spec": {"podSelector": {}, "policyTypes": ["Ingress"],
+           "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "monitoring"}}}]}]}}"#;
+
+/// `reconcile --once` tells by its exit status whether every namespace is protected, and lists those that are not:
+/// - 2 when an apply fails: here the documented misconfiguration, a webhook started with a system-namespace pattern
+///   (`platform-*`) that the reconciler was not given. R1 refuses the reconciler's policy there, and the report
+///   carries the webhook's message;
+/// - 1 when a namespace stays unprotected without an error: a `default-deny-all` that someone else wrote with other
+///   values is left alone (a field-manager conflict, with a Warning Event);
+/// - 0 once every namespace is protected.
+#[test]
+#[ignore = "needs a control plane: ./hack/e2e.sh"]
+fn reconciler_once_exit_status_tells_what_is_unprotected() {
+    let s = shared();
+    s.cluster.note("reconciler_once_exit_status_tells_what_is_unprotected");
+    let (plain, platform, foreign) = (s.ns("rec-once"), s.ns("platform"), s.ns("rec-foreign"));
+    for ns in [&plain, &platform, &foreign] {
+        s.create_namespace(ns);
+    }
+    s.cluster.kubectl_in(&["create", "-n", &foreign, "-f", "-"], Some(FOREIGN_POLICY)).ok();
+    let names = [plain.as_str(), platform.as_str(), foreign.as_str()];
+    let scope = only(&s, &names);
+    let once = || s.cluster.run(&["reconcile", "--once", &scope], ONCE_LIMIT);
+    let conflict_output: Out;
+
+    // The webhook has one more system namespace pattern than the reconciler.
+    let mut strict = Webhook::start(
+        &s.cluster,
+        "webhook-platform",
+        &["--system-namespaces", "kube-system,kube-public,kube-node-lease,platform-*"],
+    );
+    {
+        let _repointed = Repointed::to_webhook(&s, &strict);
+        let mark = strict.proc.log_mark();
+        let out = once();
+        conflict_output = out.clone();
+        out.code(2)
+            .stdout_has(&format!("created      {plain}\n"))
+            .stdout_has(&format!(
+                "error        {platform}: server-side apply of NetworkPolicy {platform}/{POLICY} failed"
+            ))
+            .stdout_has(&denied_by(NP_WEBHOOK))
+            .stdout_has(&format!("{platform} is a system namespace"))
+            .stdout_has(&format!("conflict     {foreign}: Apply failed with 1 conflict"))
+            .stdout_has(&format!("unprotected  {foreign}: NetworkPolicy {POLICY} is missing\n"))
+            .stdout_has(&format!("unprotected  {platform}: NetworkPolicy {POLICY} is missing\n"))
+            .stdout_has("namespaces: 1 protected, 2 unprotected, ")
+            .stdout_has("; 1 error(s)\n");
+        let d = strict.wait_for_decision(mark, "NetworkPolicy", &platform, POLICY, "CREATE");
+        assert!(is_decision(&d, "deny", "R1"), "{d}");
+        s.cluster.fact(&format!(
+            "reconcile --once with a webhook that counts {platform} as a system namespace: exit {:?}, the webhook's \
+             R1 denial in its report",
+            out.code
+        ));
+    }
+    assert!(policy(&s, &platform).is_none());
+    let refused = || event_refused_in_output(&conflict_output, &foreign, "PolicyConflict");
+    if let Some(e) = namespace_event(&s, &foreign, "PolicyConflict", |_| true, refused) {
+        assert_eq!(e["type"], "Warning", "{e:#}");
+        assert!(
+            e["message"].as_str().unwrap().contains("exists with other values set by another field manager"),
+            "{e:#}"
+        );
+    }
+
+    // The same configuration on both sides: only the foreign policy is left, and no error.
+    let out = once();
+    out.code(1)
+        .stdout_has(&format!("created      {platform}\n"))
+        .stdout_has(&format!("conflict     {foreign}: Apply failed with 1 conflict"))
+        .stdout_has(&format!("unprotected  {foreign}: NetworkPolicy {POLICY} is missing\n"))
+        .stdout_has("namespaces: 2 protected, 1 unprotected, ")
+        .stdout_has("; 0 error(s)\n");
+    assert!(!out.stdout.contains("error  "), "{out}");
+    assert_managed(&policy(&s, &platform).unwrap(), &ingress_deny_spec());
+    let kept = policy(&s, &foreign).unwrap();
+    assert!(kept["metadata"]["labels"].get(MANAGED_BY).is_none(), "the foreign policy is left alone: {kept:#}");
+
+    // The foreign policy goes (with an exception, R2): everything protected.
+    s.kubectl(&[
+        "annotate",
+        "networkpolicy",
+        POLICY,
+        "-n",
+        &foreign,
+        &format!("{EXC}=E2E-8: renamed to allow-monitoring"),
+    ])
+    .ok();
+    s.kubectl(&["delete", "networkpolicy", POLICY, "-n", &foreign]).ok();
+    let out = once();
+    out.code(0)
+        .stdout_has(&format!("created      {foreign}\n"))
+        .stdout_has("namespaces: 3 protected, 0 unprotected, ")
+        .stdout_has("; 0 error(s)\n");
+    assert!(!out.stdout.contains("unprotected  "), "{out}");
+}
+
+/// `--policy-types Ingress,Egress`: the policy denies egress too, except DNS to the cluster DNS pods (UDP and TCP
+/// 53); going back to `Ingress` puts back the ingress-only policy (still default-deny, so R3 lets it through).
+#[test]
+#[ignore = "needs a control plane: ./hack/e2e.sh"]
+fn reconciler_egress_policy_keeps_dns_open() {
+    let s = shared();
+    s.cluster.note("reconciler_egress_policy_keeps_dns_open");
+    let ns = s.ns("rec-egress");
+    s.create_namespace(&ns);
+    let scope = only(&s, &[&ns]);
+    s.cluster
+        .run(&["reconcile", "--once", "--policy-types", "Ingress,Egress", &scope], ONCE_LIMIT)
+        .code(0)
+        .stdout_has(&format!("created      {ns}\n"));
+    let dns = json!({
+        "to": [{
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}
+        }],
+        "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
+    });
+    let both = json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"], "egress": [dns]});
+    assert_managed(&policy(&s, &ns).unwrap(), &both);
+    s.kubectl(&["describe", "networkpolicy", POLICY, "-n", &ns])
+        .ok()
+        .stdout_has("Allowing egress traffic:")
+        .stdout_has("To Port: 53/UDP")
+        .stdout_has("To Port: 53/TCP");
+
+    // On 1.20 the API server does not set kubernetes.io/metadata.name (1.21+ does): the DNS peer's
+    // namespaceSelector matches no namespace there, and a CNI would block DNS (--dns-namespace-selector helps).
+    let minor = s.cluster.server_minor_version();
+    let label = s.kubectl(&["get", "namespace", "kube-system", "-o", "jsonpath={.metadata.labels}"]);
+    let selectable = label.ok().stdout.contains("\"kubernetes.io/metadata.name\":\"kube-system\"");
+    assert_eq!(selectable, minor >= 21, "kube-system's labels on 1.{minor}: {}", label.stdout);
+    s.cluster.fact(&format!(
+        "on 1.{minor}, kube-system carries kubernetes.io/metadata.name (what the default --dns-namespace-selector \
+         selects): {selectable}"
+    ));
+
+    s.cluster
+        .run(&["reconcile", "--once", &scope], ONCE_LIMIT)
+        .code(0)
+        .stdout_has(&format!("restored     {ns}\n"))
+        .stdout_has("namespaces: 1 protected, 0 unprotected, ");
+    assert_managed(&policy(&s, &ns).unwrap(), &ingress_deny_spec());
+}
+
+/// In the default configuration (the same system namespaces for both), the webhook never stands in the reconciler's
+/// way: a pass over the whole cluster (with whatever the other scenarios left), the system namespaces included and
+/// kube-public even labelled, draws no denial and no failed reconcile; the system namespaces are counted as exempt
+/// and get no policy. (Every long-running scenario checks the same when it stops.)
+#[test]
+#[ignore = "needs a control plane: ./hack/e2e.sh"]
+fn reconciler_is_never_blocked_by_the_webhook_in_the_default_configuration() {
+    let mut s = shared();
+    s.cluster.note("reconciler_is_never_blocked_by_the_webhook_in_the_default_configuration");
+    s.kubectl(&["label", "namespace", "kube-public", "default-deny=enabled", "--overwrite"]).ok();
+    let start = s.main.proc.log_mark();
+    let ns = s.ns("rec-default");
+    s.create_namespace(&ns);
+    let mut rec = Reconciler::start(&s.cluster, "reconciler-default", &[]);
+    settle(&s, &rec);
+    assert_managed(&policy(&s, &ns).unwrap(), &ingress_deny_spec());
+    let d = s.main.wait_for_decision(start, "NetworkPolicy", &ns, POLICY, "CREATE");
+    assert_eq!(d["decision"], "allow", "{d}");
+    for system in ["kube-system", "kube-public", "kube-node-lease"] {
+        let line = rec.proc.wait_for_log(&format!("the reconcile of {system}"), 0, RECONCILE_LIMIT, |v| {
+            v["message"] == "reconciled" && v["namespace"] == system
+        });
+        assert_eq!(line["result"], "exempt", "{line}");
+        s.kubectl(&["get", "networkpolicy", "-n", system, "-o", "name"]).ok().stdout_is("");
+    }
+    assert!(rec.namespaces("exempt") >= 3.0, "{}", rec.metrics_text());
+    let denials: Vec<Value> = s.main.decisions_since(start).into_iter().filter(|d| d["decision"] == "deny").collect();
+    assert_eq!(denials, Vec::<Value>::new(), "the webhook denied none of the reconciler's writes");
+    let text = rec.metrics_text();
+    let errors: Vec<&str> =
+        text.lines().filter(|l| l.starts_with("default_deny_guard_reconcile_errors_total{")).collect();
+    assert_eq!(errors, Vec::<&str>::new(), "no reconcile error");
+    let writes = s.main.decisions_since(start).iter().filter(|d| d["kind"] == "NetworkPolicy").count();
+    s.cluster.fact(&format!(
+        "a reconciler over the whole cluster ({} namespaces) had {writes} NetworkPolicy write(s) reviewed by the webhook, none denied",
+        rec.namespaces("protected") + rec.namespaces("unprotected") + rec.namespaces("exempt")
+    ));
+    stop(&s, rec, start);
+    s.kubectl(&["label", "namespace", "kube-public", "default-deny-"]).ok();
 }

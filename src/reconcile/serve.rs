@@ -103,6 +103,8 @@ pub async fn run(
     let (policy_ctx, namespaces_seen) = (ctx.clone(), namespaces.clone());
     let policy_events = reflector::reflector(policy_writer, watcher(policy_api, policy_config).default_backoff())
         .inspect_ok(move |event| {
+            // The first list is in the store (the reflector writes before it passes the event on): reconciles
+            // and readiness wait for this.
             if matches!(event, watcher::Event::InitDone) {
                 policy_ctx.mark_policies_synced();
             }

@@ -15,9 +15,10 @@
 //! Every process the suite starts is killed when the test process ends, however it ends: they are spawned by one
 //! long-lived thread with `PR_SET_PDEATHSIG`.
 //!
-//! Adding the reconciler's scenarios: [`Cluster::spawn`] runs `default-deny-guard reconcile ...` as a long-running
-//! process (its JSON log lines are in [`Proc::logs`]), [`Cluster::run`] runs `reconcile --once` / `--backfill` to
-//! completion with a time limit; both get `KUBECONFIG` of the control plane.
+//! Other subcommands: [`Cluster::spawn`] runs any `default-deny-guard ...` as a long-running process (its JSON log
+//! lines are in [`Proc::logs`]), [`Cluster::run`] runs one to completion with a time limit (`reconcile --once`,
+//! `--backfill`); both get `KUBECONFIG` of the control plane. [`Reconciler::start`] is `reconcile` on ephemeral
+//! health and metrics ports, ready.
 #![allow(dead_code)]
 
 use std::fmt::Write as _;
@@ -570,13 +571,83 @@ impl Webhook {
         })
     }
 
-    /// The Prometheus text of its metrics endpoint (plain HTTP/1.0, no client library needed).
+    /// The Prometheus text of its metrics endpoint.
     pub fn metrics_text(&self) -> String {
-        let mut s = std::net::TcpStream::connect(self.metrics).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
-        let mut body = String::new();
-        s.read_to_string(&mut body).unwrap();
-        body.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default()
+        http_get(self.metrics, "/metrics").1
+    }
+}
+
+/// `GET path` over plain HTTP/1.0 (no client library needed): the status code and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}"));
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((response.as_str(), ""));
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok());
+    (code.unwrap_or_else(|| panic!("GET http://{addr}{path}: no status line in {response:?}")), body.to_owned())
+}
+
+/// The value of one series in Prometheus text, written as the exposition shows it, e.g.
+/// `default_deny_guard_namespaces{state="protected"}`; `None` when absent.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+// === The reconciler ===
+
+/// A long-running `reconcile` process, its health and metrics endpoints on ephemeral ports of 127.0.0.1.
+pub struct Reconciler {
+    pub proc: Proc,
+    pub health: SocketAddr,
+    pub metrics: SocketAddr,
+}
+
+impl Reconciler {
+    /// `reconcile --health-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 EXTRA...` with the control plane's
+    /// KUBECONFIG; waits until it listens, and until `/readyz` answers 200 (both caches hold their first list).
+    pub fn start(cluster: &Cluster, name: &str, extra: &[&str]) -> Reconciler {
+        let mut args = vec!["reconcile", "--health-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        // Each namespace's reconcile at debug ("reconciled ... result=in_sync"); everything else at info.
+        let mut proc = cluster.spawn(name, &args, "info,default_deny_guard::reconcile=debug");
+        let listening = |server: &'static str| {
+            move |v: &Value| v["server"] == server && v["message"].as_str().is_some_and(|m| m.starts_with("listening"))
+        };
+        let limit = Duration::from_secs(30);
+        let parse = |v: Value| v["addr"].as_str().unwrap().parse().unwrap();
+        let health = parse(proc.wait_for_log("listening (health)", 0, limit, listening("health")));
+        let metrics = parse(proc.wait_for_log("listening (metrics)", 0, limit, listening("metrics")));
+        let reconciler = Reconciler { proc, health, metrics };
+        poll(&format!("{name}: /readyz 200"), limit, Duration::from_millis(50), || match reconciler.readyz() {
+            (200, _) => Ok(()),
+            other => Err(other),
+        });
+        reconciler
+    }
+
+    /// `GET /readyz`: the status code and the body.
+    pub fn readyz(&self) -> (u16, String) {
+        http_get(self.health, "/readyz")
+    }
+
+    /// The Prometheus text of its metrics endpoint.
+    pub fn metrics_text(&self) -> String {
+        let (code, body) = http_get(self.metrics, "/metrics");
+        assert_eq!(code, 200, "GET /metrics: {body}");
+        body
+    }
+
+    /// `default_deny_guard_namespaces{state="STATE"}` (0 when absent).
+    pub fn namespaces(&self, state: &str) -> f64 {
+        sample(&self.metrics_text(), &format!("default_deny_guard_namespaces{{state=\"{state}\"}}")).unwrap_or(0.0)
+    }
+
+    /// `default_deny_guard_reconcile_total{result="RESULT"}` (0 when absent).
+    pub fn reconciles(&self, result: &str) -> f64 {
+        sample(&self.metrics_text(), &format!("default_deny_guard_reconcile_total{{result=\"{result}\"}}"))
+            .unwrap_or(0.0)
     }
 }

@@ -147,7 +147,7 @@ async fn watches_sync_then_a_deleted_policy_is_recreated_in_its_namespace() {
             Timing::default(),
             Reporter { controller: "default-deny-guard".into(), instance: Some("r-0".into()) },
         )
-        // As `reconcile` wires it: the policy cache is the watch's to fill.
+        // As `reconcile` makes it: the policy cache is empty until the policy watch's first list.
         .with_unsynced_policies(),
     );
     let (health_addr, metrics_addr) = (free_port(), free_port());
