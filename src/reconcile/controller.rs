@@ -359,18 +359,21 @@ async fn create(namespace: &NamespaceMeta, ctx: &Context) -> Result<Reconciled, 
     let resync = Some(ctx.timing.resync);
     match ctx.api.apply(&desired, false).await {
         Ok(Applied::Created(created)) => {
-            let (outcome, reason, note) = if ctx.take_deleted(&name) {
+            // Distinct actions: kube's recorder folds Events of the same reason and action about the same objects
+            // into one, with a count, which would hide a later restore of another kind under this one's note.
+            let (outcome, reason, action, note) = if ctx.take_deleted(&name) {
                 (
                     Outcome::Restored,
                     "PolicyRestored",
+                    "Recreate",
                     format!("Recreated NetworkPolicy {POLICY_NAME}, which was deleted"),
                 )
             } else {
-                (Outcome::Created, "PolicyCreated", format!("Created NetworkPolicy {POLICY_NAME}"))
+                (Outcome::Created, "PolicyCreated", "Create", format!("Created NetworkPolicy {POLICY_NAME}"))
             };
             let note = format!("{note} ({}).", describe(ctx));
             tracing::info!(namespace = %name, policy = POLICY_NAME, result = outcome.as_str(), "{note}");
-            publish(ctx, namespace, &created, EventType::Normal, reason, "Apply", note).await;
+            publish(ctx, namespace, &created, EventType::Normal, reason, action, note).await;
             Ok(Reconciled { outcome, requeue: resync })
         }
         Ok(Applied::Existing(existing)) => {
@@ -441,7 +444,7 @@ async fn repair(
     };
     let note = format!("Restored NetworkPolicy {POLICY_NAME}, which had been changed ({drift}): {}.", describe(ctx));
     tracing::info!(namespace = %name, policy = POLICY_NAME, result = "restored", "{note}");
-    publish(ctx, namespace, &restored, EventType::Normal, "PolicyRestored", "Apply", note).await;
+    publish(ctx, namespace, &restored, EventType::Normal, "PolicyRestored", "Restore", note).await;
     Ok(Reconciled { outcome: Outcome::Restored, requeue: Some(ctx.timing.resync) })
 }
 

@@ -118,11 +118,11 @@ fn apply_body(resource_version: Option<&str>) -> Value {
 }
 
 /// Serves the Event the reconciler publishes, checks what matters in it, and returns it.
-async fn expect_event(api: &mut ApiHandle, type_: &str, reason: &str) -> Value {
+async fn expect_event(api: &mut ApiHandle, type_: &str, reason: &str, action: &str) -> Value {
     let event = serve(api, Expect::new("POST", EVENTS_URL).answer(201, json!({}))).await;
     assert_eq!(event["type"], type_);
     assert_eq!(event["reason"], reason);
-    assert_eq!(event["action"], "Apply");
+    assert_eq!(event["action"], action);
     assert_eq!(event["reportingController"], "default-deny-guard");
     assert_eq!(event["reportingInstance"], "reconciler-0");
     assert_eq!(event["regarding"]["kind"], "Namespace");
@@ -163,7 +163,7 @@ async fn new_namespace_gets_the_policy_by_server_side_apply_and_an_event() {
                 .answer(201, stored(deny_ingress(), "1")),
         )
         .await;
-        let event = expect_event(api, "Normal", "PolicyCreated").await;
+        let event = expect_event(api, "Normal", "PolicyCreated", "Create").await;
         assert_eq!(event["note"], "Created NetworkPolicy default-deny-all (denies all ingress).");
     })
     .await;
@@ -193,7 +193,7 @@ async fn egress_deny_applies_the_dns_allowance() {
                 "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
             }])
         );
-        let event = expect_event(api, "Normal", "PolicyCreated").await;
+        let event = expect_event(api, "Normal", "PolicyCreated", "Create").await;
         assert_eq!(
             event["note"],
             "Created NetworkPolicy default-deny-all (denies all ingress and all egress except DNS)."
@@ -217,7 +217,7 @@ async fn deleted_policy_is_recreated_and_reported_as_restored() {
                 .answer(201, stored(deny_ingress(), "9")),
         )
         .await;
-        let event = expect_event(api, "Normal", "PolicyRestored").await;
+        let event = expect_event(api, "Normal", "PolicyRestored", "Recreate").await;
         assert_eq!(event["note"], "Recreated NetworkPolicy default-deny-all, which was deleted (denies all ingress).");
     })
     .await;
@@ -238,7 +238,7 @@ async fn drifted_policy_is_restored_by_a_forced_apply_conditional_on_the_version
                 .answer(200, stored(deny_ingress(), "42")),
         )
         .await;
-        let event = expect_event(api, "Normal", "PolicyRestored").await;
+        let event = expect_event(api, "Normal", "PolicyRestored", "Restore").await;
         assert_eq!(
             event["note"],
             "Restored NetworkPolicy default-deny-all, which had been changed (spec.ingress): denies all ingress."
@@ -272,7 +272,7 @@ async fn drift_in_fields_that_another_manager_owns_is_replaced() {
                 .answer(200, stored(deny_ingress(), "43")),
         )
         .await;
-        let event = expect_event(api, "Normal", "PolicyRestored").await;
+        let event = expect_event(api, "Normal", "PolicyRestored", "Restore").await;
         assert!(event["note"].as_str().unwrap().contains("(spec.podSelector)"));
     })
     .await;
@@ -446,7 +446,7 @@ async fn api_errors_fail_the_reconcile_and_are_retried_with_exponential_backoff(
     // A success resets the backoff.
     let task = tokio::spawn(reconcile(ns.clone(), ctx.clone()));
     serve(&mut api, apply().answer(201, stored(deny_ingress(), "1"))).await;
-    expect_event(&mut api, "Normal", "PolicyCreated").await;
+    expect_event(&mut api, "Normal", "PolicyCreated", "Create").await;
     task.await.unwrap().unwrap();
     let forbidden = ReconcileError::Apply {
         namespace: "team-a".into(),
@@ -514,7 +514,7 @@ async fn the_applier_retries_a_failed_namespace_after_the_backoff() {
         let failed_at = tokio::time::Instant::now();
         serve(&mut api, apply().answer(201, stored(deny_ingress(), "1"))).await;
         let waited = failed_at.elapsed();
-        expect_event(&mut api, "Normal", "PolicyCreated").await;
+        expect_event(&mut api, "Normal", "PolicyCreated", "Create").await;
         waited
     };
     let reconciles = async {
