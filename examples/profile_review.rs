@@ -1,0 +1,48 @@
+//! A driver for profilers: answers one of the benchmark's reviews N times, nothing else, so that callgrind's
+//! instruction counts (stable on a loaded machine, unlike wall time) compare before and after a change.
+//!
+//! ```text
+//! cargo build --release --example profile_review
+//! valgrind --tool=callgrind --callgrind-out-file=target/callgrind.out \
+//!     target/release/examples/profile_review networkpolicy_create 10000
+//! callgrind_annotate target/callgrind.out | head -40
+//! ```
+//!
+//! Cases: networkpolicy_create, networkpolicy_update, networkpolicy_delete, namespace_create_patch,
+//! update_1000_rules, system_namespaces_10000.
+
+#[path = "../tests/common/reviews.rs"]
+mod reviews;
+
+use default_deny_guard::admission::{self, Webhook};
+use default_deny_guard::rules::{Settings, SystemNamespaces};
+use reviews::bodies;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let case = args.next().unwrap_or_else(|| "networkpolicy_create".into());
+    let iterations: u64 = args.next().map_or(10_000, |n| n.parse().expect("iterations: a number"));
+    let mut settings = Settings::default();
+    let (webhook, body) = match case.as_str() {
+        "networkpolicy_create" => (Webhook::Validate, bodies::networkpolicy_create()),
+        "networkpolicy_update" => (Webhook::Validate, bodies::networkpolicy_update()),
+        "networkpolicy_delete" => (Webhook::Validate, bodies::networkpolicy_delete()),
+        "namespace_create_patch" => (Webhook::Mutate, bodies::namespace_create()),
+        "update_1000_rules" => (Webhook::Validate, bodies::large_update(1000)),
+        "system_namespaces_10000" => {
+            let many: Vec<String> = (0..10_000)
+                .map(|i| if i % 2 == 0 { format!("system-{i}") } else { format!("platform-{i}-*") })
+                .collect();
+            settings.system_namespaces = SystemNamespaces::new(&many, None).unwrap();
+            (Webhook::Validate, bodies::networkpolicy_create_in("team-4711-prod"))
+        }
+        other => panic!("unknown case {other}"),
+    };
+    let now = jiff::Timestamp::now();
+    let mut bytes = 0usize;
+    for _ in 0..iterations {
+        let reviewed = admission::review(&settings, &(), webhook, std::hint::black_box(&body), now).unwrap();
+        bytes += std::hint::black_box(reviewed.body.len());
+    }
+    println!("{case}: {iterations} reviews of {} bytes, {bytes} answer bytes", body.len());
+}
