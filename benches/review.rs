@@ -8,7 +8,10 @@ mod reviews;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use default_deny_guard::admission::{self, Webhook};
+use default_deny_guard::cli::LogFormat;
+use default_deny_guard::metrics::Metrics;
 use default_deny_guard::rules::{Settings, SystemNamespaces};
+use default_deny_guard::{server, telemetry};
 use reviews::bodies;
 
 fn bench(c: &mut Criterion) {
@@ -52,6 +55,24 @@ fn bench(c: &mut Criterion) {
     ] {
         group.bench_function(label, |b| {
             b.iter(|| admission::review(&settings, &(), Webhook::Validate, &create, now).unwrap())
+        });
+    }
+    group.finish();
+
+    // What the server adds to each decision: the metrics and the log line (written to a sink here).
+    let mut group = c.benchmark_group("record");
+    let reviewed = admission::review(&settings, &(), Webhook::Validate, &bodies::networkpolicy_create(), now).unwrap();
+    let metrics = Metrics::new();
+    let elapsed = std::time::Duration::from_micros(4);
+    group.bench_function("metrics_only", |b| {
+        b.iter(|| server::record_decision(&metrics, Webhook::Validate, &reviewed, elapsed))
+    });
+    for (name, format) in [("metrics_and_json_log", LogFormat::Json), ("metrics_and_text_log", LogFormat::Text)] {
+        let subscriber = telemetry::subscriber(format, false, std::io::sink);
+        tracing::subscriber::with_default(subscriber, || {
+            group.bench_function(name, |b| {
+                b.iter(|| server::record_decision(&metrics, Webhook::Validate, &reviewed, elapsed))
+            });
         });
     }
     group.finish();

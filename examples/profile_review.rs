@@ -9,14 +9,24 @@
 //! ```
 //!
 //! Cases: networkpolicy_create, networkpolicy_update, networkpolicy_delete, namespace_create_patch,
-//! update_1000_rules, system_namespaces_10000.
+//! update_1000_rules, system_namespaces_10000; and `record_json`: the metrics and the JSON log line of a decision
+//! (to a sink), without the review.
 
 #[path = "../tests/common/reviews.rs"]
 mod reviews;
 
+use std::time::Duration;
+
 use default_deny_guard::admission::{self, Webhook};
+use default_deny_guard::cli::LogFormat;
+use default_deny_guard::metrics::Metrics;
 use default_deny_guard::rules::{Settings, SystemNamespaces};
+use default_deny_guard::{server, telemetry};
 use reviews::bodies;
+
+fn now() -> jiff::Timestamp {
+    jiff::Timestamp::now()
+}
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -36,9 +46,22 @@ fn main() {
             settings.system_namespaces = SystemNamespaces::new(&many, None).unwrap();
             (Webhook::Validate, bodies::networkpolicy_create_in("team-4711-prod"))
         }
+        "record_json" => {
+            let reviewed =
+                admission::review(&settings, &(), Webhook::Validate, &bodies::networkpolicy_create(), now()).unwrap();
+            let metrics = Metrics::new();
+            let subscriber = telemetry::subscriber(LogFormat::Json, false, std::io::sink);
+            tracing::subscriber::with_default(subscriber, || {
+                for _ in 0..iterations {
+                    server::record_decision(&metrics, Webhook::Validate, &reviewed, Duration::from_micros(4));
+                }
+            });
+            println!("{case}: {iterations} decisions recorded");
+            return;
+        }
         other => panic!("unknown case {other}"),
     };
-    let now = jiff::Timestamp::now();
+    let now = now();
     let mut bytes = 0usize;
     for _ in 0..iterations {
         let reviewed = admission::review(&settings, &(), webhook, std::hint::black_box(&body), now).unwrap();

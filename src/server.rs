@@ -440,7 +440,13 @@ async fn admit(
             return bad_request(StatusCode::BAD_REQUEST, "BadRequest", e.to_string());
         }
     };
-    let elapsed = started.elapsed();
+    record_decision(metrics, webhook, &reviewed, started.elapsed());
+    ([(header::CONTENT_TYPE, "application/json")], reviewed.body).into_response()
+}
+
+/// Counts a decision in the metrics and writes its log line (SPEC section 5: uid, kind, namespace/name, operation,
+/// user, decision, rule, latency). Public for the benchmark of its cost (`benches/review.rs`, group `record`).
+pub fn record_decision(metrics: &Metrics, webhook: Webhook, reviewed: &admission::Reviewed, elapsed: Duration) {
     let d = &reviewed.decision;
     let rule = admission::rule_label(d.rule);
     let decision = reviewed.decision_label();
@@ -463,7 +469,6 @@ async fn admit(
         reason = %d.message,
         "admission decision"
     );
-    ([(header::CONTENT_TYPE, "application/json")], reviewed.body).into_response()
 }
 
 /// A request that is not a review to answer: logged, and answered with a `Status` body as the API server would.
