@@ -19,7 +19,6 @@
 //! the timeline (answered, failed and RSS per interval).
 
 #[path = "../tests/common/reviews.rs"]
-#[allow(dead_code)]
 mod reviews;
 
 use std::collections::BTreeMap;
@@ -220,6 +219,9 @@ async fn send(conn: &mut Conn, t: &Target, req: &Request) -> Result<bool, String
     v["response"]["allowed"].as_bool().ok_or_else(|| "bad_answer".to_owned())
 }
 
+/// The HTTP/2 connection that several streams' workers share (--streams), opened by whichever needs it first.
+type SharedH2 = Arc<tokio::sync::Mutex<Option<hyper::client::conn::http2::SendRequest<Full<Bytes>>>>>;
+
 /// One connection's closed loop (or one stream's, with --http2 --streams).
 async fn worker(
     id: usize,
@@ -228,7 +230,7 @@ async fn worker(
     plan: Arc<Plan>,
     counters: Arc<Counters>,
     timeout: Duration,
-    shared: Option<Arc<tokio::sync::Mutex<Option<hyper::client::conn::http2::SendRequest<Full<Bytes>>>>>>,
+    shared: Option<SharedH2>,
 ) -> Histogram<u64> {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
     let mut conn: Option<Conn> = None;
