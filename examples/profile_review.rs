@@ -9,8 +9,9 @@
 //! ```
 //!
 //! Cases: networkpolicy_create, networkpolicy_update, networkpolicy_delete, namespace_create_patch,
-//! update_1000_rules, system_namespaces_10000; and `record_json`: the metrics and the JSON log line of a decision
-//! (to a sink), without the review.
+//! update_N_rules (object and oldObject with N ingress rules each, e.g. update_1000_rules), system_namespaces_3
+//! and system_namespaces_10000 (the same review, with 3 system namespaces or with 10,000 names and patterns);
+//! and `record_json`: the metrics and the JSON log line of a decision (to a sink), without the review.
 
 #[path = "../tests/common/reviews.rs"]
 mod reviews;
@@ -38,7 +39,11 @@ fn main() {
         "networkpolicy_update" => (Webhook::Validate, bodies::networkpolicy_update()),
         "networkpolicy_delete" => (Webhook::Validate, bodies::networkpolicy_delete()),
         "namespace_create_patch" => (Webhook::Mutate, bodies::namespace_create()),
-        "update_1000_rules" => (Webhook::Validate, bodies::large_update(1000)),
+        rules if rules.starts_with("update_") && rules.ends_with("_rules") => {
+            let n = rules["update_".len()..rules.len() - "_rules".len()].parse().expect("update_N_rules");
+            (Webhook::Validate, bodies::large_update(n))
+        }
+        "system_namespaces_3" => (Webhook::Validate, bodies::networkpolicy_create_in("team-4711-prod")),
         "system_namespaces_10000" => {
             let many: Vec<String> = (0..10_000)
                 .map(|i| if i % 2 == 0 { format!("system-{i}") } else { format!("platform-{i}-*") })
