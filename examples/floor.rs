@@ -54,7 +54,7 @@ async fn answer(body: Body, limit: usize) -> Response {
 
 fn main() {
     let args = Args::parse();
-    telemetry::init(LogFormat::Json);
+    let _logs = telemetry::init(LogFormat::Json);
     // The same runtime as `serve` (src/main.rs).
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     runtime.block_on(async move {

@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Router};
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -346,22 +346,14 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-async fn validate(
-    State(state): State<Arc<AppState>>,
-    client: Option<Extension<ClientCertificate>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    admit(&state, Webhook::Validate, client, &headers, body).await
+// The handlers take the request whole: axum's `HeaderMap` and `Extension` extractors would clone the headers and
+// the extension for every review.
+async fn validate(State(state): State<Arc<AppState>>, request: axum::extract::Request) -> Response {
+    admit(&state, Webhook::Validate, request).await
 }
 
-async fn mutate(
-    State(state): State<Arc<AppState>>,
-    client: Option<Extension<ClientCertificate>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    admit(&state, Webhook::Mutate, client, &headers, body).await
+async fn mutate(State(state): State<Arc<AppState>>, request: axum::extract::Request) -> Response {
+    admit(&state, Webhook::Mutate, request).await
 }
 
 /// Why a body could not be read.
@@ -385,15 +377,12 @@ pub async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<By
 
 /// One admission review: checks the HTTP envelope, then answers through [`admission::review`]. The decision is
 /// microseconds of CPU, so it runs on the request's task.
-async fn admit(
-    state: &AppState,
-    webhook: Webhook,
-    client: Option<Extension<ClientCertificate>>,
-    headers: &HeaderMap,
-    body: Body,
-) -> Response {
+async fn admit(state: &AppState, webhook: Webhook, request: axum::extract::Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
     let metrics = &state.metrics;
-    if state.client_cert_required && !client.is_some_and(|Extension(ClientCertificate(ok))| ok) {
+    let client = parts.extensions.get::<ClientCertificate>();
+    if state.client_cert_required && !client.is_some_and(|ClientCertificate(ok)| *ok) {
         metrics.invalid_request("client_certificate");
         return bad_request(
             StatusCode::UNAUTHORIZED,
