@@ -5,17 +5,18 @@
 # that samples the server's RSS. Writes target/load/report.json and prints the table.
 #
 # Run explicitly (cargo test does not): hack/load-test.sh
-# Knobs (environment): DURATION (per run, default 10s), WARMUP (2s), CONNS ("1 8 64"), PROTOS ("h1 h2"),
-# SOAK_REQUESTS (1000000; 0 skips the long run), PIN (1: servers on CPU 0, load generator on CPU 1; 0: no
-# pinning), OUT (target/load). Every run is bounded: DURATION per run, and the long run by a time limit of
-# SOAK_LIMIT (600s) as well as its request count.
+# Knobs (environment): DURATION (per run, default 10s), WARMUP (2s), CONNS ("1 8 64"), PROTOS ("h1 h2"; empty:
+# only the long run), SOAK_REQUESTS (1000000; 0 skips the long run), PIN (1: servers on CPU 0, load generator on
+# CPU 1; 0: no pinning), OUT (target/load). Every run is bounded: DURATION per run, and the long run by a time
+# limit of SOAK_LIMIT (600s) as well as its request count. Check `uptime` first: the load average should be
+# under about 1 for numbers worth reporting.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
-CONNS=${CONNS:-"1 8 64"}
-PROTOS=${PROTOS:-"h1 h2"}
+CONNS=${CONNS-"1 8 64"}
+PROTOS=${PROTOS-"h1 h2"}
 SOAK_REQUESTS=${SOAK_REQUESTS:-1000000}
 SOAK_LIMIT=${SOAK_LIMIT:-600s}
 PIN=${PIN:-1}
@@ -104,9 +105,9 @@ for proto in $PROTOS; do
 done
 
 if [[ $SOAK_REQUESTS -gt 0 ]]; then
-    echo "== long run: $SOAK_REQUESTS requests at 64 connections (HTTP/1.1) against ours, RSS sampled every 5 s"
+    echo "== long run: $SOAK_REQUESTS requests at 64 connections (HTTP/1.1) against ours, RSS sampled every second"
     "${CLIENT_CPUS[@]}" "$BIN/loadgen" --url "https://$OURS_ADDR" --server-name localhost --ca "$CA" \
-        --connections 64 --requests "$SOAK_REQUESTS" --duration-limit "$SOAK_LIMIT" --warmup 1s --interval 5s \
+        --connections 64 --requests "$SOAK_REQUESTS" --duration-limit "$SOAK_LIMIT" --warmup 1s --interval 1s \
         --server-pid "$OURS_PID" --label soak --json "$OUT/runs/soak.json"
 fi
 OURS_HWM=$(kib "$OURS_PID" VmHWM:)
