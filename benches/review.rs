@@ -1,65 +1,28 @@
 //! The whole request path without the network: AdmissionReview bytes in, response bytes out.
 //!
 //! `cargo bench --bench review` (add `-- --quick` for a fast look). Throughput is in review bytes per second.
+//! The bodies are those of `tests/common/reviews.rs`, which the load generator (`examples/loadgen.rs`) sends too.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+#[path = "../tests/common/reviews.rs"]
+mod reviews;
 
-use common::{Review, deny_all_spec, namespace_object, network_policy};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use default_deny_guard::admission::{self, Webhook};
+use default_deny_guard::cli::LogFormat;
+use default_deny_guard::metrics::Metrics;
 use default_deny_guard::rules::{Settings, SystemNamespaces};
-use serde_json::{Value, json};
-
-fn body(review: &Review) -> Vec<u8> {
-    serde_json::to_vec(&review.json()).unwrap()
-}
-
-fn spec_with_rules(n: usize) -> Value {
-    let rules: Vec<Value> = (0..n)
-        .map(|i| {
-            json!({"from": [{"namespaceSelector": {"matchLabels": {"team": format!("team-{i}")}},
-                             "podSelector": {"matchLabels": {"app": "client"}}}],
-                   "ports": [{"protocol": "TCP", "port": 8000 + (i % 1000)}]})
-        })
-        .collect();
-    json!({"podSelector": {}, "policyTypes": ["Ingress"], "ingress": rules})
-}
+use default_deny_guard::{server, telemetry};
+use reviews::bodies;
 
 fn bench(c: &mut Criterion) {
     let settings = Settings::default();
     let now = jiff::Timestamp::now();
     let cases = [
-        (
-            "networkpolicy_create",
-            Webhook::Validate,
-            body(&Review::network_policy("CREATE", "production", "default-deny-all").object(network_policy(
-                "production",
-                "default-deny-all",
-                json!({"podSelector": {}, "policyTypes": ["Ingress"], "ingress": [
-                    {"from": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}},
-                               "podSelector": {"matchLabels": {"app": "prometheus"}}}],
-                     "ports": [{"protocol": "TCP", "port": 9090}]}]}),
-            ))),
-        ),
-        (
-            "networkpolicy_delete",
-            Webhook::Validate,
-            body(&Review::network_policy("DELETE", "production", "").old(network_policy(
-                "production",
-                "default-deny-all",
-                deny_all_spec(),
-            ))),
-        ),
-        (
-            "namespace_create_patch",
-            Webhook::Mutate,
-            body(&Review::namespace("CREATE", "payments").object(namespace_object(
-                "payments",
-                json!({"team": "payments"}),
-                json!(null),
-            ))),
-        ),
+        ("networkpolicy_create", Webhook::Validate, bodies::networkpolicy_create()),
+        ("networkpolicy_update", Webhook::Validate, bodies::networkpolicy_update()),
+        ("networkpolicy_delete", Webhook::Validate, bodies::networkpolicy_delete()),
+        ("namespace_create_patch", Webhook::Mutate, bodies::namespace_create()),
+        ("update_1000_rules", Webhook::Validate, bodies::large_update(1000)),
     ];
     let mut group = c.benchmark_group("review");
     for (name, webhook, body) in &cases {
@@ -73,14 +36,7 @@ fn bench(c: &mut Criterion) {
     // Cost linear in the size of the review: object and oldObject each with n rules.
     let mut group = c.benchmark_group("update_rules");
     for n in [250, 1000, 4000] {
-        let spec = spec_with_rules(n);
-        let mut open = spec.clone();
-        open["ingress"].as_array_mut().unwrap().push(json!({}));
-        let body = body(
-            &Review::network_policy("UPDATE", "production", "big")
-                .object(network_policy("production", "big", open))
-                .old(network_policy("production", "big", spec)),
-        );
+        let body = bodies::large_update(n);
         group.throughput(Throughput::Bytes(body.len() as u64));
         group.bench_with_input(BenchmarkId::from_parameter(n), &body, |b, body| {
             b.iter(|| admission::review(&settings, &(), Webhook::Validate, body, now).unwrap())
@@ -90,11 +46,7 @@ fn bench(c: &mut Criterion) {
 
     // Cost does not grow with configuration: 3 system namespaces against 10,000 names and patterns.
     let mut group = c.benchmark_group("system_namespaces");
-    let create = body(&Review::network_policy("CREATE", "team-4711-prod", "default-deny-all").object(network_policy(
-        "team-4711-prod",
-        "default-deny-all",
-        deny_all_spec(),
-    )));
+    let create = bodies::networkpolicy_create_in("team-4711-prod");
     let many: Vec<String> =
         (0..10_000).map(|i| if i % 2 == 0 { format!("system-{i}") } else { format!("platform-{i}-*") }).collect();
     for (label, settings) in [
@@ -103,6 +55,24 @@ fn bench(c: &mut Criterion) {
     ] {
         group.bench_function(label, |b| {
             b.iter(|| admission::review(&settings, &(), Webhook::Validate, &create, now).unwrap())
+        });
+    }
+    group.finish();
+
+    // What the server adds to each decision: the metrics and the log line (written to a sink here).
+    let mut group = c.benchmark_group("record");
+    let reviewed = admission::review(&settings, &(), Webhook::Validate, &bodies::networkpolicy_create(), now).unwrap();
+    let metrics = Metrics::new();
+    let elapsed = std::time::Duration::from_micros(4);
+    group.bench_function("metrics_only", |b| {
+        b.iter(|| server::record_decision(&metrics, Webhook::Validate, &reviewed, elapsed))
+    });
+    for (name, format) in [("metrics_and_json_log", LogFormat::Json), ("metrics_and_text_log", LogFormat::Text)] {
+        let subscriber = telemetry::subscriber(format, false, std::io::sink);
+        tracing::subscriber::with_default(subscriber, || {
+            group.bench_function(name, |b| {
+                b.iter(|| server::record_decision(&metrics, Webhook::Validate, &reviewed, elapsed))
+            });
         });
     }
     group.finish();

@@ -6,7 +6,8 @@ use default_deny_guard::{certs, check, reconcile, server, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    // Held to the end of main: dropping it writes out the last log lines.
+    let _logs = telemetry::init(cli.log_format);
     let runtime = || tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match cli.command {
         Command::Serve(args) => match runtime().block_on(server::run(args)) {

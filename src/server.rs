@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Extension, Router};
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -30,10 +30,20 @@ use crate::tls::{self, CertificateStore, TlsFiles};
 
 /// The limits that keep slow or stalled clients from starving the API server's requests.
 #[derive(Debug, Clone, Copy)]
-struct ConnectionLimits {
-    handshake: Duration,
-    idle: Duration,
-    max_connections: usize,
+pub struct ConnectionLimits {
+    /// Time for a TLS handshake.
+    pub handshake: Duration,
+    /// Time a connection may wait for (the head of) its next request.
+    pub idle: Duration,
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+}
+
+impl Default for ConnectionLimits {
+    /// The defaults of `serve`'s flags.
+    fn default() -> Self {
+        ConnectionLimits { handshake: Duration::from_secs(5), idle: Duration::from_secs(120), max_connections: 1024 }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,7 +74,7 @@ struct AppState {
 
 /// Whether this connection's client presented a certificate that the client CA verified.
 #[derive(Debug, Clone, Copy)]
-struct ClientCertificate(bool);
+pub struct ClientCertificate(pub bool);
 
 pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let settings = args.rules.settings().map_err(ServeError::Config)?;
@@ -192,7 +202,8 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
     TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })
 }
 
-pub(crate) async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -218,8 +229,11 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
 }
 
-/// Accepts TLS connections until told to stop, then lets in-flight requests finish (up to `drain`).
-async fn serve_https(
+/// Accepts TLS connections until `stop` turns true, then lets in-flight requests finish (up to `drain`): HTTP/1.1
+/// or HTTP/2 as ALPN settled, every connection and handshake under `limits`, each request handed to `app` with a
+/// [`ClientCertificate`] extension. `serve` runs the webhook with it; the load test's floor server
+/// (`examples/floor.rs`) runs a fixed-answer `app` with it, so that the two differ only in the handlers.
+pub async fn serve_https(
     listener: TcpListener,
     tls: TlsAcceptor,
     app: Router,
@@ -260,7 +274,7 @@ async fn serve_https(
         tokio::spawn(async move {
             let _slot = slot;
             let _ = tcp.set_nodelay(true);
-            let stream = match tokio::time::timeout(limits.handshake, tls.accept(tcp)).await {
+            let mut stream = match tokio::time::timeout(limits.handshake, tls.accept(tcp)).await {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -283,9 +297,14 @@ async fn serve_https(
                 "connection accepted"
             );
             let builder = if h2 {
-                // HTTP/2 has no header timeout: a client that never sends its preface is cut off here.
+                // HTTP/2 has no header timeout: a client that never sends its preface is cut off here. A client
+                // that sent its preface (and a whole request) in the handshake's last flight has it decrypted
+                // and waiting in rustls already, and the socket turns readable no more: without this check the
+                // connection hung until the idle timeout (found by the load test, examples/loadgen.rs --http2).
+                let buffered =
+                    stream.get_mut().1.process_new_packets().is_ok_and(|io| io.plaintext_bytes_to_read() > 0);
                 let first_bytes = stream.get_ref().0.readable();
-                if !matches!(tokio::time::timeout(limits.idle, first_bytes).await, Ok(Ok(()))) {
+                if !buffered && !matches!(tokio::time::timeout(limits.idle, first_bytes).await, Ok(Ok(()))) {
                     tracing::debug!(%peer, "HTTP/2 connection idle before its first request");
                     return;
                 }
@@ -339,33 +358,26 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-async fn validate(
-    State(state): State<Arc<AppState>>,
-    client: Option<Extension<ClientCertificate>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    admit(&state, Webhook::Validate, client, &headers, body).await
+// The handlers take the request whole: axum's `HeaderMap` and `Extension` extractors would clone the headers and
+// the extension for every review.
+async fn validate(State(state): State<Arc<AppState>>, request: axum::extract::Request) -> Response {
+    admit(&state, Webhook::Validate, request).await
 }
 
-async fn mutate(
-    State(state): State<Arc<AppState>>,
-    client: Option<Extension<ClientCertificate>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    admit(&state, Webhook::Mutate, client, &headers, body).await
+async fn mutate(State(state): State<Arc<AppState>>, request: axum::extract::Request) -> Response {
+    admit(&state, Webhook::Mutate, request).await
 }
 
 /// Why a body could not be read.
-enum BodyError {
+#[derive(Debug)]
+pub enum BodyError {
     TooLarge,
     TimedOut,
     Broken(String),
 }
 
 /// Reads the body, at most `limit` bytes and within `timeout`.
-async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, BodyError> {
+pub async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, BodyError> {
     let limited = http_body_util::Limited::new(body, limit);
     match tokio::time::timeout(timeout, limited.collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
@@ -377,15 +389,12 @@ async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes,
 
 /// One admission review: checks the HTTP envelope, then answers through [`admission::review`]. The decision is
 /// microseconds of CPU, so it runs on the request's task.
-async fn admit(
-    state: &AppState,
-    webhook: Webhook,
-    client: Option<Extension<ClientCertificate>>,
-    headers: &HeaderMap,
-    body: Body,
-) -> Response {
+async fn admit(state: &AppState, webhook: Webhook, request: axum::extract::Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
     let metrics = &state.metrics;
-    if state.client_cert_required && !client.is_some_and(|Extension(ClientCertificate(ok))| ok) {
+    let client = parts.extensions.get::<ClientCertificate>();
+    if state.client_cert_required && !client.is_some_and(|ClientCertificate(ok)| *ok) {
         metrics.invalid_request("client_certificate");
         return bad_request(
             StatusCode::UNAUTHORIZED,
@@ -433,7 +442,13 @@ async fn admit(
                 return bad_request(StatusCode::BAD_REQUEST, "BadRequest", e.to_string());
             }
         };
-    let elapsed = started.elapsed();
+    record_decision(metrics, webhook, &reviewed, started.elapsed());
+    ([(header::CONTENT_TYPE, "application/json")], reviewed.body).into_response()
+}
+
+/// Counts a decision in the metrics and writes its log line (SPEC section 5: uid, kind, namespace/name, operation,
+/// user, decision, rule, latency). Public for the benchmark of its cost (`benches/review.rs`, group `record`).
+pub fn record_decision(metrics: &Metrics, webhook: Webhook, reviewed: &admission::Reviewed, elapsed: Duration) {
     let d = &reviewed.decision;
     let rule = admission::rule_label(d.rule);
     let decision = reviewed.decision_label();
@@ -456,7 +471,6 @@ async fn admit(
         reason = %d.message,
         "admission decision"
     );
-    ([(header::CONTENT_TYPE, "application/json")], reviewed.body).into_response()
 }
 
 /// A request that is not a review to answer: logged, and answered with a `Status` body as the API server would.

@@ -335,3 +335,77 @@ fn a_label_selected_configuration_without_any_cluster_is_refused_at_start() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--system-namespace-label needs the namespace cache"), "{stderr}");
 }
+
+/// An HTTP/2 client whose preface and first request travel in the same TCP segment as its TLS Finished: they
+/// arrive with the handshake's last flight and sit decrypted inside rustls, where waiting for the socket to turn
+/// readable again once hung the connection until the idle timeout (found by examples/loadgen.rs --http2).
+#[tokio::test]
+async fn http2_request_sent_with_the_tls_finished_is_answered() {
+    use std::io::{Read, Write};
+    let guard = Guard::start(&[]);
+    let mut config = tls_config(&guard.ca_path());
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let addr = guard.webhook;
+    let answered = tokio::task::spawn_blocking(move || {
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut tls = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        // The handshake, up to the point where only the client's Finished is left to send.
+        while tls.is_handshaking() {
+            while tls.wants_write() {
+                tls.write_tls(&mut tcp).unwrap();
+            }
+            if tls.is_handshaking() {
+                tls.read_tls(&mut tcp).unwrap();
+                tls.process_new_packets().unwrap();
+            }
+        }
+        // The preface, an empty SETTINGS frame and `GET /healthz` (HPACK: :method GET, :scheme https, :path and
+        // :authority as literals), queued behind the Finished and written with it.
+        let mut h2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        h2.extend_from_slice(&[0, 0, 0, 0x04, 0, 0, 0, 0, 0]);
+        let mut block = vec![0x82, 0x87, 0x04, 8];
+        block.extend_from_slice(b"/healthz");
+        block.extend_from_slice(&[0x01, 9]);
+        block.extend_from_slice(b"localhost");
+        h2.extend_from_slice(&[0, 0, block.len() as u8, 0x01, 0x05, 0, 0, 0, 1]);
+        h2.extend_from_slice(&block);
+        tls.writer().write_all(&h2).unwrap();
+        let mut flight = Vec::new();
+        while tls.wants_write() {
+            tls.write_tls(&mut flight).unwrap();
+        }
+        tcp.write_all(&flight).unwrap();
+        // Read frames until the HEADERS of stream 1 (the answer), or the 5 s read timeout.
+        let mut plain = Vec::new();
+        loop {
+            while plain.len() >= 9 {
+                let len = usize::from(plain[0]) << 16 | usize::from(plain[1]) << 8 | usize::from(plain[2]);
+                if plain.len() < 9 + len {
+                    break;
+                }
+                let (kind, stream) = (plain[3], u32::from_be_bytes([plain[5], plain[6], plain[7], plain[8]]));
+                if kind == 0x01 && stream & 0x7fff_ffff == 1 {
+                    return true;
+                }
+                plain.drain(..9 + len);
+            }
+            match tls.read_tls(&mut tcp) {
+                Ok(0) | Err(_) => return false,
+                Ok(_) => {}
+            }
+            tls.process_new_packets().unwrap();
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = tls.reader().read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                plain.extend_from_slice(&buf[..n]);
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(answered, "no HTTP/2 answer within 5 s to a request sent with the TLS Finished");
+}

@@ -2,6 +2,9 @@
 //! CA it made, and AdmissionReviews shaped like kube-apiserver's.
 #![allow(dead_code)]
 
+pub mod reviews;
+pub use reviews::*;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,7 +19,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_default-deny-guard");
 
@@ -263,180 +266,6 @@ impl Https {
     pub async fn get(&self, url: &str) -> Reply {
         self.request("GET", url, None, Vec::new()).await
     }
-}
-
-// === Reviews as kube-apiserver sends them ===
-
-pub const ADMIN: &str = "kubernetes-admin";
-pub const NAMESPACE_CONTROLLER: &str = "system:serviceaccount:kube-system:namespace-controller";
-
-/// An AdmissionReview with every field kube-apiserver fills in.
-#[derive(Clone)]
-pub struct Review {
-    pub api_version: &'static str,
-    pub uid: String,
-    pub operation: &'static str,
-    pub namespace: Option<String>,
-    pub name: String,
-    pub user: String,
-    pub object: Value,
-    pub old_object: Value,
-    pub dry_run: bool,
-    kind: (&'static str, &'static str, &'static str),
-    resource: &'static str,
-}
-
-static NEXT_UID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-
-fn new_uid() -> String {
-    let n = NEXT_UID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    format!("{:08x}-6393-11e8-b7cc-{:012x}", std::process::id(), n)
-}
-
-impl Review {
-    fn new(
-        kind: (&'static str, &'static str, &'static str),
-        resource: &'static str,
-        operation: &'static str,
-    ) -> Review {
-        Review {
-            api_version: "admission.k8s.io/v1",
-            uid: new_uid(),
-            operation,
-            namespace: None,
-            name: String::new(),
-            user: ADMIN.into(),
-            object: Value::Null,
-            old_object: Value::Null,
-            dry_run: false,
-            kind,
-            resource,
-        }
-    }
-
-    /// A NetworkPolicy review; `object`/`old_object` as the operation has them (CREATE: object; UPDATE: both;
-    /// DELETE: old_object).
-    pub fn network_policy(operation: &'static str, namespace: &str, name: &str) -> Review {
-        let mut r = Review::new(("networking.k8s.io", "v1", "NetworkPolicy"), "networkpolicies", operation);
-        r.namespace = Some(namespace.into());
-        r.name = name.into();
-        r
-    }
-
-    pub fn namespace(operation: &'static str, name: &str) -> Review {
-        let mut r = Review::new(("", "v1", "Namespace"), "namespaces", operation);
-        r.name = name.into();
-        r
-    }
-
-    pub fn other(
-        kind: (&'static str, &'static str, &'static str),
-        resource: &'static str,
-        operation: &'static str,
-    ) -> Review {
-        Review::new(kind, resource, operation)
-    }
-
-    pub fn object(mut self, v: Value) -> Self {
-        self.object = v;
-        self
-    }
-
-    pub fn old(mut self, v: Value) -> Self {
-        self.old_object = v;
-        self
-    }
-
-    pub fn user(mut self, u: &str) -> Self {
-        self.user = u.into();
-        self
-    }
-
-    pub fn json(&self) -> Value {
-        let (group, version, kind) = self.kind;
-        let options_kind = match self.operation {
-            "CREATE" => "CreateOptions",
-            "UPDATE" => "UpdateOptions",
-            _ => "DeleteOptions",
-        };
-        let mut request = json!({
-            "uid": self.uid,
-            "kind": {"group": group, "version": version, "kind": kind},
-            "resource": {"group": group, "version": version, "resource": self.resource},
-            "requestKind": {"group": group, "version": version, "kind": kind},
-            "requestResource": {"group": group, "version": version, "resource": self.resource},
-            "name": self.name,
-            "operation": self.operation,
-            "userInfo": {
-                "username": self.user,
-                "uid": "5b2a8b3c-0000-4000-8000-000000000001",
-                "groups": ["system:masters", "system:authenticated"]
-            },
-            "object": self.object,
-            "oldObject": self.old_object,
-            "dryRun": self.dry_run,
-            "options": {"kind": options_kind, "apiVersion": "meta.k8s.io/v1"}
-        });
-        if let Some(ns) = &self.namespace {
-            request["namespace"] = json!(ns);
-        }
-        // kube-apiserver leaves out an empty name.
-        if self.name.is_empty() {
-            request.as_object_mut().unwrap().remove("name");
-        }
-        json!({"kind": "AdmissionReview", "apiVersion": self.api_version, "request": request})
-    }
-}
-
-/// A NetworkPolicy as kube-apiserver stores it: defaulted, with uid, resourceVersion and managedFields.
-pub fn network_policy(namespace: &str, name: &str, spec: Value) -> Value {
-    json!({
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "NetworkPolicy",
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "uid": "0a1b2c3d-0000-4000-8000-00000000000a",
-            "resourceVersion": "4711",
-            "generation": 1,
-            "creationTimestamp": "2026-11-20T10:00:00Z",
-            "annotations": {
-                "kubectl.kubernetes.io/last-applied-configuration": format!(
-                    "{{\"apiVersion\":\"networking.k8s.io/v1\",\"kind\":\"NetworkPolicy\",\"metadata\":{{\"annotations\":{{}},\"name\":\"{name}\",\"namespace\":\"{namespace}\"}},\"spec\":{spec}}}\n"
-                )
-            },
-            "managedFields": [{
-                "manager": "kubectl-client-side-apply",
-                "operation": "Update",
-                "apiVersion": "networking.k8s.io/v1",
-                "time": "2026-11-20T10:00:00Z",
-                "fieldsType": "FieldsV1",
-                "fieldsV1": {"f:metadata": {"f:annotations": {".": {}, "f:kubectl.kubernetes.io/last-applied-configuration": {}}},
-                             "f:spec": {"f:podSelector": {}, "f:policyTypes": {}}}
-            }]
-        },
-        "spec": spec
-    })
-}
-
-pub fn deny_all_spec() -> Value {
-    json!({"podSelector": {}, "policyTypes": ["Ingress"]})
-}
-
-pub fn namespace_object(name: &str, labels: Value, annotations: Value) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "Namespace",
-        "metadata": {"name": name, "labels": labels, "annotations": annotations, "creationTimestamp": null},
-        "spec": {"finalizers": ["kubernetes"]},
-        "status": {"phase": "Active"}
-    })
-}
-
-/// Sets an annotation on an object.
-pub fn annotate(mut object: Value, key: &str, value: &str) -> Value {
-    object["metadata"]["annotations"][key] = json!(value);
-    object
 }
 
 /// The `response` of an answer, after checking the envelope: kind, the apiVersion asked, the uid echoed.
