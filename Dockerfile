@@ -35,7 +35,8 @@ COPY --from=builder /out/default-deny-guard /usr/local/bin/default-deny-guard
 USER 65532:65532
 # Without --tls-cert/--tls-key, `serve` makes a development certificate under ./certs: the nonroot home is writable.
 WORKDIR /home/nonroot
-# 8443: HTTPS webhook (/validate, /mutate, /healthz, /readyz); 9090: plain-HTTP /metrics.
-EXPOSE 8443 9090
+# serve: 8443 HTTPS webhook (/validate, /mutate, /healthz, /readyz), 9090 plain-HTTP /metrics.
+# reconcile: 8081 plain-HTTP /healthz and /readyz, 9091 plain-HTTP /metrics.
+EXPOSE 8443 9090 8081 9091
 ENTRYPOINT ["/usr/local/bin/default-deny-guard"]
 CMD ["serve"]
