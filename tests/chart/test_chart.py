@@ -1369,8 +1369,9 @@ def test_dockerfile_matches_the_chart():
     assert "cargo build --release --locked" in text
     assert re.search(r"^USER 65532(:65532)?$", text, re.M), "numeric user, as the chart's runAsUser"
     exposed = set(map(int, re.search(r"^EXPOSE (.+)$", text, re.M).group(1).split()))
-    defaults = render()
-    assert exposed == {c["containerPort"] for c in defaults.container["ports"]}
+    defaults = render()  # one image, two commands: `serve` (the webhook) and `reconcile`
+    served = {c["containerPort"] for c in defaults.container["ports"] + defaults.reconciler_container["ports"]}
+    assert exposed == served
     assert re.search(r'^ENTRYPOINT \["/usr/local/bin/default-deny-guard"\]$', text, re.M)
     assert re.search(r'^CMD \["serve"\]$', text, re.M)
     ignore = (ROOT / ".dockerignore").read_text().split()
