@@ -476,12 +476,9 @@ fn judge<O: ObjectIn>(
         if webhook != Webhook::Validate {
             return untouched("NetworkPolicies are judged by /validate");
         }
-        let (object, old_object) = match (
-            read_object::<NetworkPolicy, _>(object, "object", keys),
-            read_object::<NetworkPolicy, _>(old_object, "oldObject", keys),
-        ) {
-            (Ok(o), Ok(old)) => (o, old),
-            (Err(e), _) | (_, Err(e)) => return unreadable("NetworkPolicy", request_namespace, request_name, e),
+        let (object, old_object) = match read_objects::<NetworkPolicy, _>(object, old_object, keys) {
+            Ok(objects) => objects,
+            Err(e) => return unreadable("NetworkPolicy", request_namespace, request_name, e),
         };
         let request = Request {
             operation,
@@ -507,12 +504,9 @@ fn judge<O: ObjectIn>(
             (Webhook::Mutate, Operation::Create) => Settings::judge_namespace_create,
             _ => return untouched("this operation on a Namespace is not judged by this webhook"),
         };
-        let (object, old_object) = match (
-            read_object::<Namespace, _>(object, "object", keys),
-            read_object::<Namespace, _>(old_object, "oldObject", keys),
-        ) {
-            (Ok(o), Ok(old)) => (o, old),
-            (Err(e), _) | (_, Err(e)) => return unreadable("Namespace", "", request_name, e),
+        let (object, old_object) = match read_objects::<Namespace, _>(object, old_object, keys) {
+            Ok(objects) => objects,
+            Err(e) => return unreadable("Namespace", "", request_name, e),
         };
         let request = Request {
             operation,
@@ -534,13 +528,14 @@ fn judge<O: ObjectIn>(
     untouched("not a kind this webhook judges")
 }
 
-/// Reads an object as `K`, or says where it is not one.
-fn read_object<K: Kind, O: ObjectIn>(
+/// Reads the request's object and oldObject as `K`, or says which one is not a `K` and where.
+fn read_objects<K: Kind, O: ObjectIn>(
     object: Option<O>,
-    field: &str,
+    old_object: Option<O>,
     keys: &ExceptionKeys,
-) -> Result<Option<K>, String> {
-    object.map(|o| o.read_as(field, keys)).transpose()
+) -> Result<(Option<K>, Option<K>), String> {
+    let read = |o: Option<O>, field| o.map(|o| o.read_as(field, keys)).transpose();
+    Ok((read(object, "object")?, read(old_object, "oldObject")?))
 }
 
 /// A decoding error and where it happened (`None`: at the top).
