@@ -117,6 +117,12 @@ fn apply_body(resource_version: Option<&str>) -> Value {
     })
 }
 
+/// The policy's server-side apply, as kube's `Api::patch` sends it (`force`: taking over fields another manager owns).
+fn expect_apply(force: bool) -> Expect {
+    let force = if force { "force=true&" } else { "" };
+    Expect::new("PATCH", format!("{POLICY_URL}?&{force}fieldManager=default-deny-guard")).content_type(APPLY)
+}
+
 /// Serves the Event the reconciler publishes, checks what matters in it, and returns it.
 async fn expect_event(api: &mut ApiHandle, type_: &str, reason: &str, action: &str) -> Value {
     let event = serve(api, Expect::new("POST", EVENTS_URL).answer(201, json!({}))).await;
@@ -155,14 +161,7 @@ where
 async fn new_namespace_gets_the_policy_by_server_side_apply_and_an_event() {
     let h = harness("Ingress", vec![]);
     let (result, metrics) = reconcile_with(h, namespace("team-a", &[ENABLED], &[]), async |api| {
-        serve(
-            api,
-            Expect::new("PATCH", format!("{POLICY_URL}?&fieldManager=default-deny-guard"))
-                .content_type(APPLY)
-                .body(apply_body(None))
-                .answer(201, stored(deny_ingress(), "1")),
-        )
-        .await;
+        serve(api, expect_apply(false).body(apply_body(None)).answer(201, stored(deny_ingress(), "1"))).await;
         let event = expect_event(api, "Normal", "PolicyCreated", "Create").await;
         assert_eq!(event["note"], "Created NetworkPolicy default-deny-all (denies all ingress).");
     })
@@ -177,8 +176,7 @@ async fn egress_deny_applies_the_dns_allowance() {
     let (result, _) = reconcile_with(h, namespace("team-a", &[ENABLED], &[]), async |api| {
         let body = serve(
             api,
-            Expect::new("PATCH", format!("{POLICY_URL}?&fieldManager=default-deny-guard"))
-                .content_type(APPLY)
+            expect_apply(false)
                 .answer(201, stored(json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}), "1")),
         )
         .await;
@@ -209,14 +207,7 @@ async fn deleted_policy_is_recreated_and_reported_as_restored() {
     // What the policy watch reports when the policy is deleted.
     h.ctx.policy_deleted("team-a");
     let (result, metrics) = reconcile_with(h, namespace("team-a", &[ENABLED], &[]), async |api| {
-        serve(
-            api,
-            Expect::new("PATCH", format!("{POLICY_URL}?&fieldManager=default-deny-guard"))
-                .content_type(APPLY)
-                .body(apply_body(None))
-                .answer(201, stored(deny_ingress(), "9")),
-        )
-        .await;
+        serve(api, expect_apply(false).body(apply_body(None)).answer(201, stored(deny_ingress(), "9"))).await;
         let event = expect_event(api, "Normal", "PolicyRestored", "Recreate").await;
         assert_eq!(event["note"], "Recreated NetworkPolicy default-deny-all, which was deleted (denies all ingress).");
     })
@@ -230,14 +221,7 @@ async fn drifted_policy_is_restored_by_a_forced_apply_conditional_on_the_version
     let weakened = json!({"podSelector": {}, "policyTypes": ["Ingress"], "ingress": [{}]});
     let h = harness("Ingress", vec![cached(weakened, "41")]);
     let (result, metrics) = reconcile_with(h, namespace("team-a", &[ENABLED], &[]), async |api| {
-        serve(
-            api,
-            Expect::new("PATCH", format!("{POLICY_URL}?&force=true&fieldManager=default-deny-guard"))
-                .content_type(APPLY)
-                .body(apply_body(Some("41")))
-                .answer(200, stored(deny_ingress(), "42")),
-        )
-        .await;
+        serve(api, expect_apply(true).body(apply_body(Some("41"))).answer(200, stored(deny_ingress(), "42"))).await;
         let event = expect_event(api, "Normal", "PolicyRestored", "Restore").await;
         assert_eq!(
             event["note"],
@@ -255,13 +239,7 @@ async fn drift_in_fields_that_another_manager_owns_is_replaced() {
     let narrowed = json!({"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress"]});
     let h = harness("Ingress", vec![cached(narrowed.clone(), "41")]);
     let (result, _) = reconcile_with(h, namespace("team-a", &[ENABLED], &[]), async |api| {
-        serve(
-            api,
-            Expect::new("PATCH", format!("{POLICY_URL}?&force=true&fieldManager=default-deny-guard"))
-                .body(apply_body(Some("41")))
-                .answer(200, stored(narrowed.clone(), "42")),
-        )
-        .await;
+        serve(api, expect_apply(true).body(apply_body(Some("41"))).answer(200, stored(narrowed.clone(), "42"))).await;
         let mut replacement = stored(json!({"podSelector": {}, "policyTypes": ["Ingress"], "ingress": []}), "42");
         replacement["metadata"].as_object_mut().unwrap().remove("managedFields");
         serve(
@@ -290,12 +268,7 @@ async fn a_conditional_apply_that_lost_a_race_is_retried_shortly_without_an_even
             "Operation cannot be fulfilled on networkpolicies.networking.k8s.io \"default-deny-all\": the object has \
              been modified; please apply your changes to the latest version and try again",
         );
-        serve(
-            api,
-            Expect::new("PATCH", format!("{POLICY_URL}?&force=true&fieldManager=default-deny-guard"))
-                .answer(409, conflict),
-        )
-        .await;
+        serve(api, expect_apply(true).answer(409, conflict)).await;
     })
     .await;
     assert_eq!(result.unwrap(), Action::requeue(Duration::from_secs(1)));
@@ -314,7 +287,7 @@ async fn a_policy_of_that_name_with_other_values_is_left_alone_with_a_warning() 
         conflict["details"] = json!({"causes": [{"reason": "FieldManagerConflict", "message": "conflict with \"kubectl-client-side-apply\"", "field": ".spec.ingress"}]});
         serve(
             api,
-            Expect::new("PATCH", format!("{POLICY_URL}?&fieldManager=default-deny-guard")).body(apply_body(None)).answer(409, conflict),
+            expect_apply(false).body(apply_body(None)).answer(409, conflict),
         )
         .await;
         let event = serve(api, Expect::new("POST", EVENTS_URL).answer(201, json!({}))).await;
@@ -331,13 +304,7 @@ async fn a_policy_of_that_name_with_other_values_is_left_alone_with_a_warning() 
 async fn a_policy_already_there_outside_the_cache_is_adopted_without_an_event() {
     let h = harness("Ingress", vec![]);
     let (result, metrics) = reconcile_with(h, namespace("team-a", &[ENABLED], &[]), async |api| {
-        serve(
-            api,
-            Expect::new("PATCH", format!("{POLICY_URL}?&fieldManager=default-deny-guard"))
-                .body(apply_body(None))
-                .answer(200, stored(deny_ingress(), "12")),
-        )
-        .await;
+        serve(api, expect_apply(false).body(apply_body(None)).answer(200, stored(deny_ingress(), "12"))).await;
     })
     .await;
     result.unwrap();
@@ -416,8 +383,7 @@ async fn api_errors_fail_the_reconcile_and_are_retried_with_exponential_backoff(
     let h = harness("Ingress", vec![]);
     let Harness { ctx, mut api, metrics } = h;
     let ns = namespace("team-a", &[ENABLED], &[]);
-    let apply =
-        || Expect::new("PATCH", format!("{POLICY_URL}?&fieldManager=default-deny-guard")).body(apply_body(None));
+    let apply = || expect_apply(false).body(apply_body(None));
 
     // Each failure doubles the delay: 1 s, 2 s, 4 s.
     for (attempt, want) in [(1, 1), (2, 2), (3, 4)] {
@@ -501,8 +467,7 @@ async fn the_applier_retries_a_failed_namespace_after_the_backoff() {
         queue,
         controller::Config::default(),
     ));
-    let apply =
-        || Expect::new("PATCH", format!("{POLICY_URL}?&fieldManager=default-deny-guard")).body(apply_body(None));
+    let apply = || expect_apply(false).body(apply_body(None));
 
     let driver = async {
         serve(
