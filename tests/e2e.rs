@@ -740,15 +740,7 @@ fn without_the_namespace_cache_a_teardown_hangs_here() {
 
     let back = Instant::now();
     drop(repointed);
-    poll(
-        "the namespace to be gone once the main webhook is back",
-        Duration::from_secs(120),
-        Duration::from_millis(500),
-        || {
-            let out = s.kubectl(&["get", "namespace", &ns]);
-            if out.code == Some(1) && out.stderr.contains("NotFound") { Ok(()) } else { Err(out.to_string()) }
-        },
-    );
+    wait_for_namespace_gone(&s, &ns, "the namespace to be gone once the main webhook is back");
     s.cluster.fact(&format!(
         "... and was gone {:.1} s after the configurations were pointed back at the webhook with the cache",
         back.elapsed().as_secs_f64()
@@ -848,15 +840,7 @@ fn webhook_down_follows_the_charts_failure_policies() {
     // The namespace controller retries; once the main webhook is back, the policy's DELETE is a teardown it allows.
     let back = Instant::now();
     drop(repointed);
-    poll(
-        "the namespace deleted during the outage to be gone",
-        Duration::from_secs(120),
-        Duration::from_millis(500),
-        || {
-            let out = s.kubectl(&["get", "namespace", &doomed]);
-            if out.code == Some(1) && out.stderr.contains("NotFound") { Ok(()) } else { Err(out.to_string()) }
-        },
-    );
+    wait_for_namespace_gone(&s, &doomed, "the namespace deleted during the outage to be gone");
     s.cluster.fact(&format!(
         "a namespace whose policy DELETE failed while the webhook was down was gone {:.1} s after the configurations were pointed back at a running webhook",
         back.elapsed().as_secs_f64()
@@ -1016,6 +1000,15 @@ fn only(s: &Shared, ours: &[&str]) -> String {
         }
     }
     format!("--system-namespaces={}", system.join(","))
+}
+
+/// Polls until kubectl says that namespace `ns` is NotFound (a teardown can take the namespace controller's retries).
+#[track_caller]
+fn wait_for_namespace_gone(s: &Shared, ns: &str, what: &str) {
+    poll(what, Duration::from_secs(120), Duration::from_millis(500), || {
+        let out = s.kubectl(&["get", "namespace", ns]);
+        if out.code == Some(1) && out.stderr.contains("NotFound") { Ok(()) } else { Err(out.to_string()) }
+    });
 }
 
 /// `NetworkPolicy default-deny-all` in `ns` as kubectl shows it (`-o json`), or `None` when there is none.
