@@ -33,6 +33,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// How long [`Proc::log_mark`] lets a process's log settle: five of its write batches.
+const LOG_SETTLE: Duration = Duration::from_millis(50);
+
 /// Longest a kubectl call may take, as a process (`--request-timeout` bounds each of its HTTP requests).
 pub const KUBECTL_LIMIT: Duration = Duration::from_secs(60);
 /// kubectl's own `--request-timeout`.
@@ -447,7 +450,13 @@ impl Proc {
     }
 
     /// How many log lines there are so far: a mark to look for lines after it.
+    ///
+    /// The process writes its log in batches (every 10 ms, `telemetry::BATCH_INTERVAL`) and a thread here reads the
+    /// pipe: the line of a decision made just before this call may not have arrived yet, and would then count as
+    /// after the mark (a scenario saw the CREATE of its namespace as a reply to the UPDATE that followed it). Waiting
+    /// for several batch intervals first puts every earlier line before the mark.
     pub fn log_mark(&self) -> usize {
+        std::thread::sleep(LOG_SETTLE);
         self.logs.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
