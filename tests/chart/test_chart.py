@@ -578,10 +578,9 @@ def test_probes_use_https_health_endpoints(mode):
         assert get["port"] in ("https", ports["https"]), probe
 
 
-@pytest.mark.parametrize("mode", IN_CLUSTER_MODES)
-def test_pod_security(mode):
-    r = render(mode)
-    pod_sc, sc = r.pod["securityContext"], r.container["securityContext"]
+def assert_restricted(pod_sc: dict, sc: dict):
+    """The pod and container security contexts of Pod Security's `restricted` profile, as both Deployments set them:
+    non-root numeric user (the image's 65532), RuntimeDefault seccomp, read-only root, no privilege, no capability."""
     assert pod_sc["runAsNonRoot"] is True and pod_sc["runAsUser"] == 65532
     assert pod_sc["seccompProfile"] == {"type": "RuntimeDefault"}
     assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 65532
@@ -590,6 +589,12 @@ def test_pod_security(mode):
     assert sc["capabilities"] == {"drop": ["ALL"]}
     assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
     assert "privileged" not in sc
+
+
+@pytest.mark.parametrize("mode", IN_CLUSTER_MODES)
+def test_pod_security(mode):
+    r = render(mode)
+    assert_restricted(r.pod["securityContext"], r.container["securityContext"])
     vols = {v["name"]: v for v in r.pod["volumes"]}
     assert vols["tls"]["secret"]["defaultMode"] == 0o440, "the key is readable by the pod's fsGroup only"
     assert not any("hostPath" in v or "emptyDir" in v for v in vols.values()), "the server writes nothing to disk"
@@ -1058,15 +1063,7 @@ def test_reconciler_addresses_follow_the_bind_address():
 @pytest.mark.parametrize("mode", RECONCILER_MODES)
 def test_reconciler_pod_security(mode):
     r = render(mode)
-    pod_sc, sc = r.reconciler_pod["securityContext"], r.reconciler_container["securityContext"]
-    assert pod_sc["runAsNonRoot"] is True and pod_sc["runAsUser"] == 65532
-    assert pod_sc["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 65532
-    assert sc["readOnlyRootFilesystem"] is True
-    assert sc["allowPrivilegeEscalation"] is False
-    assert sc["capabilities"] == {"drop": ["ALL"]}
-    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert "privileged" not in sc
+    assert_restricted(r.reconciler_pod["securityContext"], r.reconciler_container["securityContext"])
     assert "volumes" not in r.reconciler_pod and "volumeMounts" not in r.reconciler_container
     assert not r.reconciler_pod.get("hostNetwork")
     assert "memory" in r.reconciler_container["resources"]["limits"]
