@@ -6,7 +6,8 @@
 //! parsing or deciding anything. What `serve` costs beyond this floor is the cost of our code.
 //!
 //! ```text
-//! cargo run --release --example floor -- --tls-cert certs/tls.crt --tls-key certs/tls.key [--addr 127.0.0.1:0]
+//! cargo run --release --example floor -- --tls-cert certs/tls.crt --tls-key certs/tls.key [--addr 127.0.0.1:0] \
+//!     [--read-json]
 //! ```
 //! It logs `listening (HTTPS)` with the bound address as `serve --log-format json` does, and stops on SIGTERM.
 
@@ -42,14 +43,22 @@ struct Args {
     /// As `serve --max-body-bytes`.
     #[arg(long, default_value_t = 8 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// Read the body as JSON with serde_json (every value checked, nothing kept) before the fixed answer: the
+    /// least that any webhook reading the review must do, so that ours/this floor is the cost of our code
+    /// beyond reading JSON.
+    #[arg(long)]
+    read_json: bool,
 }
 
-async fn answer(body: Body, limit: usize) -> Response {
-    // The body is read as `serve` reads it (same limit and timeout), then dropped unread.
-    match server::read_body(body, limit, Duration::from_secs(10)).await {
-        Ok(_) => ([(header::CONTENT_TYPE, "application/json")], ANSWER).into_response(),
-        Err(_) => StatusCode::BAD_REQUEST.into_response(),
+async fn answer(body: Body, limit: usize, read_json: bool) -> Response {
+    // The body is read as `serve` reads it (same limit and timeout), then dropped unread or only checked.
+    let Ok(bytes) = server::read_body(body, limit, Duration::from_secs(10)).await else {
+        return StatusCode::BAD_REQUEST.into_response();
+    };
+    if read_json && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
+        return StatusCode::BAD_REQUEST.into_response();
     }
+    ([(header::CONTENT_TYPE, "application/json")], ANSWER).into_response()
 }
 
 fn main() {
@@ -63,10 +72,10 @@ fn main() {
         let config = tls::server_config(store, None).expect("TLS configuration");
         let listener = TcpListener::bind(args.addr).await.expect("bind");
         tracing::info!(server = "webhook", addr = %listener.local_addr().expect("bound"), "listening (HTTPS)");
-        let limit = args.max_body_bytes;
+        let (limit, read_json) = (args.max_body_bytes, args.read_json);
         let app = Router::new()
-            .route("/validate", post(move |body: Body| answer(body, limit)))
-            .route("/mutate", post(move |body: Body| answer(body, limit)));
+            .route("/validate", post(move |body: Body| answer(body, limit, read_json)))
+            .route("/mutate", post(move |body: Body| answer(body, limit, read_json)));
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let serving = tokio::spawn(server::serve_https(

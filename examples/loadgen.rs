@@ -14,7 +14,7 @@
 //!
 //! A request is *answered* when the status is 2xx and the body is JSON with `response.allowed`; anything else is
 //! *failed*, by kind: `connect`, `tls`, `io` (the connection broke), `timeout`, `status_NNN`, `bad_answer`.
-//! `--server-pid PID` adds the server's CPU time (utime+stime of /proc/PID/stat over the measured window) and
+//! `--server-pid PID` adds the server's CPU time (utime and stime of /proc/PID/stat over the measured window) and
 //! memory (VmRSS samples, VmHWM) to the report. `--interval` prints a line per interval, and the JSON report keeps
 //! the timeline (answered, failed and RSS per interval).
 
@@ -296,14 +296,30 @@ async fn worker(
     hist
 }
 
-/// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32) -> Option<f64> {
+/// The CPU time of a process, in seconds: in user space (utime) and in the kernel on its behalf (stime).
+#[derive(Clone, Copy)]
+struct CpuTimes {
+    user: f64,
+    system: f64,
+}
+
+impl CpuTimes {
+    fn total(self) -> f64 {
+        self.user + self.system
+    }
+
+    fn since(self, start: CpuTimes) -> CpuTimes {
+        CpuTimes { user: self.user - start.user, system: self.system - start.system }
+    }
+}
+
+fn cpu_seconds(pid: u32) -> Option<CpuTimes> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name is in parentheses and may hold spaces: count fields after the last `)`.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / clock_ticks())
+    Some(CpuTimes { user: utime / clock_ticks(), system: stime / clock_ticks() })
 }
 
 /// Clock ticks per second of /proc's times: 100 on every Linux this runs on; `getconf CLK_TCK` tells if not.
@@ -468,12 +484,13 @@ fn run(args: Args) -> Result<(), String> {
             }
         };
         let elapsed = measure_start.elapsed().as_secs_f64();
-        let cpu = match (cpu_start, pid.and_then(cpu_seconds)) {
-            (Some(a), Some(b)) => Some(b - a),
+        let server_cpu = match (cpu_start, pid.and_then(cpu_seconds)) {
+            (Some(a), Some(b)) => Some(b.since(a)),
             _ => None,
         };
+        let cpu = server_cpu.map(CpuTimes::total);
         let client_cpu = match (client_cpu_start, cpu_seconds(std::process::id())) {
-            (Some(a), Some(b)) => Some(b - a),
+            (Some(a), Some(b)) => Some(b.since(a).total()),
             _ => None,
         };
         let rss_end = rss("VmRSS:");
@@ -513,6 +530,9 @@ fn run(args: Args) -> Result<(), String> {
                 "pid": pid,
                 "cpu_s": cpu,
                 "cpu_s_per_10k": cpu.map(|c| if answered > 0 { c * 10_000.0 / answered as f64 } else { 0.0 }),
+                // The split says whether a difference is our code (user) or the kernel's work for us (system).
+                "cpu_user_s": server_cpu.map(|c| c.user),
+                "cpu_system_s": server_cpu.map(|c| c.system),
                 "rss_kib_start": rss_start,
                 "rss_kib_end": rss_end,
                 "rss_kib_max": rss_max,

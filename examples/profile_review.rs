@@ -11,7 +11,8 @@
 //! Cases: networkpolicy_create, networkpolicy_update, networkpolicy_delete, namespace_create_patch,
 //! update_N_rules (object and oldObject with N ingress rules each, e.g. update_1000_rules), system_namespaces_3
 //! and system_namespaces_10000 (the same review, with 3 system namespaces or with 10,000 names and patterns);
-//! and `record_json`: the metrics and the JSON log line of a decision (to a sink), without the review.
+//! and `record_json`: the metrics and the JSON log line of a decision (to a sink), without the review; `json_only`:
+//! the typical CREATE read as JSON and thrown away (what `floor --read-json` adds to the floor).
 
 #[path = "../tests/common/reviews.rs"]
 mod reviews;
@@ -62,6 +63,15 @@ fn main() {
                 }
             });
             println!("{case}: {iterations} decisions recorded");
+            return;
+        }
+        "json_only" => {
+            // What `floor --read-json` does: the typical CREATE checked as JSON, nothing kept or decided.
+            let body = bodies::networkpolicy_create();
+            for _ in 0..iterations {
+                serde_json::from_slice::<serde::de::IgnoredAny>(std::hint::black_box(&body)).unwrap();
+            }
+            println!("{case}: {iterations} bodies of {} bytes read", body.len());
             return;
         }
         other => panic!("unknown case {other}"),

@@ -15,7 +15,7 @@ instructions() { valgrind --tool=callgrind --callgrind-out-file="$1" "$BIN" "$2"
 printf '%-26s %14s\n' case instructions
 for spec in networkpolicy_create:2000 networkpolicy_update:2000 networkpolicy_delete:2000 \
     namespace_create_patch:2000 update_250_rules:40 update_1000_rules:10 update_4000_rules:3 \
-    system_namespaces_3:2000 system_namespaces_10000:2000 record_json:2000; do
+    system_namespaces_3:2000 system_namespaces_10000:2000 record_json:2000 json_only:2000; do
     name=${spec%:*} n=${spec#*:}
     with=$(instructions "$OUT/cg.$name" "$name" "$n")
     without=$(instructions /dev/null "$name" 0)

@@ -3,6 +3,9 @@
 # answering a fixed AdmissionReview (examples/floor.rs) — on loopback over TLS with keep-alive, at 1, 8 and 64
 # connections, HTTP/1.1 and HTTP/2, with examples/loadgen.rs. Then a long run (a million requests by default)
 # that samples the server's RSS. Writes target/load/report.json and prints the table.
+# Two more servers in the same run say where the difference goes: the floor that also reads the body as JSON
+# (`floor --read-json`: the least any webhook that reads the review does) and ours without its decision log
+# lines (`RUST_LOG=warn`); LADDER=0 leaves them out.
 #
 # Run explicitly (cargo test does not): hack/load-test.sh
 # Knobs (environment): DURATION (per run, default 10s), WARMUP (2s), CONNS ("1 8 64"), PROTOS ("h1 h2"; empty:
@@ -20,6 +23,7 @@ PROTOS=${PROTOS-"h1 h2"}
 SOAK_REQUESTS=${SOAK_REQUESTS:-1000000}
 SOAK_LIMIT=${SOAK_LIMIT:-600s}
 PIN=${PIN:-1}
+LADDER=${LADDER:-1}
 OUT=${OUT:-target/load}
 TARGET=${CARGO_TARGET_DIR:-target}
 
@@ -81,6 +85,27 @@ CA="$WORK/ours/certs/ca.crt"
 PIDS+=($!)
 FLOOR_PID=$!
 FLOOR_ADDR=$(webhook_addr "$WORK/floor.log")
+SERVERS=(ours floor)
+if [[ $LADDER == 1 ]]; then
+    (exec "${SERVER_CPUS[@]}" "$BIN/floor" --addr 127.0.0.1:0 --read-json --tls-cert "$WORK/ours/certs/tls.crt" \
+        --tls-key "$WORK/ours/certs/tls.key") 2>"$WORK/json.log" &
+    PIDS+=($!)
+    JSON_PID=$!
+    JSON_ADDR=$(webhook_addr "$WORK/json.log")
+    # Without its info lines this server does not log its address: it is given a free port instead.
+    QUIET_ADDR=127.0.0.1:$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    mkdir -p "$WORK/quiet"
+    cp -r "$WORK/ours/certs" "$WORK/quiet/"
+    (cd "$WORK/quiet" && RUST_LOG=warn exec "${SERVER_CPUS[@]}" "$BIN/default-deny-guard" --log-format json serve \
+        --dev --addr "$QUIET_ADDR" --metrics-addr 127.0.0.1:0 --namespace-cache off) 2>"$WORK/quiet.log" &
+    PIDS+=($!)
+    QUIET_PID=$!
+    for _ in $(seq 300); do
+        (exec 3<>"/dev/tcp/${QUIET_ADDR%:*}/${QUIET_ADDR#*:}") 2>/dev/null && break
+        sleep 0.1
+    done
+    SERVERS+=(json quiet)
+fi
 sleep 1
 OURS_IDLE=$(kib "$OURS_PID" VmRSS:)
 FLOOR_IDLE=$(kib "$FLOOR_PID" VmRSS:)
@@ -92,9 +117,14 @@ mkdir -p "$OUT/runs"
 rm -f "$OUT"/runs/*.json
 for proto in $PROTOS; do
     for conns in $CONNS; do
-        # Alternate the two servers within each configuration, so that drift on the machine hits both.
-        for server in ours floor; do
-            if [[ $server == ours ]]; then addr=$OURS_ADDR pid=$OURS_PID; else addr=$FLOOR_ADDR pid=$FLOOR_PID; fi
+        # Alternate the servers within each configuration, so that drift on the machine hits all of them.
+        for server in "${SERVERS[@]}"; do
+            case $server in
+                ours) addr=$OURS_ADDR pid=$OURS_PID ;;
+                floor) addr=$FLOOR_ADDR pid=$FLOOR_PID ;;
+                json) addr=$JSON_ADDR pid=$JSON_PID ;;
+                quiet) addr=$QUIET_ADDR pid=$QUIET_PID ;;
+            esac
             flags=()
             [[ $proto == h2 ]] && flags+=(--http2)
             "${CLIENT_CPUS[@]}" "$BIN/loadgen" --url "https://$addr" --server-name localhost --ca "$CA" \
@@ -141,6 +171,21 @@ for proto in ["h1", "h2"]:
             "rps": o["throughput_rps"] / f["throughput_rps"] if f["throughput_rps"] else None,
             "p99": o["latency_us"]["p99"] / f["latency_us"]["p99"] if f["latency_us"]["p99"] else None,
         }
+        # Where the difference goes: server CPU per request (µs) and throughput relative to the floor, of the
+        # floor, the floor reading JSON, ours without decision log lines, and ours.
+        ladder = {}
+        for who in ("floor", "json", "quiet", "ours"):
+            r = runs.get(f"{who}-{proto}-{conns}")
+            if r and (r.get("server") or {}).get("cpu_s_per_10k") is not None:
+                answered = max(r["answered"], 1)
+                ladder[who] = {"rps": r["throughput_rps"], "p99_us": r["latency_us"]["p99"],
+                               "cpu_us_per_request": r["server"]["cpu_s_per_10k"] * 100,
+                               "user_us_per_request": r["server"]["cpu_user_s"] * 1e6 / answered,
+                               "system_us_per_request": r["server"]["cpu_system_s"] * 1e6 / answered,
+                               "rps_ratio_to_floor": r["throughput_rps"] / f["throughput_rps"],
+                               "failed": r["failed"]}
+        if len(ladder) == 4:
+            row["ladder"] = ladder
         rows.append(row)
 soak = runs.get("soak")
 trend = None
@@ -188,6 +233,19 @@ for r in rows:
     for who in ("ours", "floor"):
         if r[who]["failed"]:
             print(f"      {who}: {r[who]['failed']} failed: {r[who]['errors']}")
+ladders = [r for r in rows if "ladder" in r]
+if ladders:
+    print()
+    print("where the difference goes: server CPU per request in µs, user + kernel (throughput / the floor's);")
+    print("json = the floor reading the body as JSON, quiet = ours without decision log lines")
+    print(f"{'proto':5} {'conns':>5} | {'floor':>17} | {'json':>17} | {'quiet':>17} | {'ours':>17}")
+    for r in ladders:
+        cells = [f"{r['ladder'][w]['user_us_per_request']:4.1f}+{r['ladder'][w]['system_us_per_request']:<4.1f} "
+                 f"({r['ladder'][w]['rps_ratio_to_floor']:.2f})" for w in ("floor", "json", "quiet", "ours")]
+        print(f"{r['protocol']:5} {r['connections']:>5} | " + " | ".join(f"{c:>17}" for c in cells))
+        for w in ("json", "quiet"):
+            if r["ladder"][w]["failed"]:
+                print(f"      {w}: {r['ladder'][w]['failed']} failed")
 print(f"RSS: ours idle {int(ours_idle) / 1024:.1f} MiB, peak (VmHWM) {int(ours_hwm) / 1024:.1f} MiB; "
       f"floor idle {int(floor_idle) / 1024:.1f} MiB, peak {int(floor_hwm) / 1024:.1f} MiB")
 if trend:
