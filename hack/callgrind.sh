@@ -12,12 +12,14 @@ mkdir -p "$OUT"
 BIN="$OUT/profile_review"
 cp "$TARGET/release/examples/profile_review" "$BIN"
 instructions() { valgrind --tool=callgrind --callgrind-out-file="$1" "$BIN" "$2" "$3" 2>&1 | awk '/Collected/ {print $4}'; }
-printf '%-26s %14s\n' case instructions
+printf '%-40s %14s\n' case instructions
 for spec in networkpolicy_create:2000 networkpolicy_update:2000 networkpolicy_delete:2000 \
     namespace_create_patch:2000 update_250_rules:40 update_1000_rules:10 update_4000_rules:3 \
-    system_namespaces_3:2000 system_namespaces_10000:2000 record_json:2000 json_only:2000; do
-    name=${spec%:*} n=${spec#*:}
+    system_namespaces_3:2000 system_namespaces_10000:2000 record_json:2000 \
+    json_only:networkpolicy_create:2000 json_only:networkpolicy_update:2000 json_only:networkpolicy_delete:2000 \
+    json_only:namespace_create_patch:2000 json_only:update_1000_rules:10; do
+    name=${spec%:*} n=${spec##*:}
     with=$(instructions "$OUT/cg.$name" "$name" "$n")
     without=$(instructions /dev/null "$name" 0)
-    printf '%-26s %14d\n' "$name" $(( (with - without) / n ))
+    printf '%-40s %14d\n' "$name" $(( (with - without) / n ))
 done | tee "$OUT/summary.txt"
