@@ -154,7 +154,7 @@ where
 ///
 /// Why: tracing-subscriber's JSON formatter goes through serde_json and an `io::Write` adapter that checks every
 /// fragment for UTF-8 again, and formats the time through `fmt`: the decision line and the metrics cost ~27,000
-/// instructions that way, more than half of what the decision itself costs. Written here, ~8,800 (callgrind,
+/// instructions that way, more than half of what the decision itself costs. Written here, ~8,200 (callgrind,
 /// `examples/profile_review record_json`). The output is the same, byte for byte (`tests::json_lines_match`).
 pub struct JsonLines;
 
