@@ -6,6 +6,7 @@ pub mod check;
 pub mod cli;
 pub mod metrics;
 pub mod namespaces;
+pub mod policies;
 pub mod reconcile;
 pub mod rules;
 pub mod server;

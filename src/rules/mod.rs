@@ -488,8 +488,11 @@ impl Settings {
                 expires.as_deref(),
             );
         }
-        let after =
-            if new.spec.pod_selector.selects_everything() { messages::R3_ALLOWS_ALL } else { messages::R3_SELECTS_SOME };
+        let after = if new.spec.pod_selector.selects_everything() {
+            messages::R3_ALLOWS_ALL
+        } else {
+            messages::R3_SELECTS_SOME
+        };
         let keys = &self.exception_keys;
         self.violation(
             RuleId::R3,
