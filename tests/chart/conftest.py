@@ -132,7 +132,7 @@ class RenderError(Exception):
 
 @functools.lru_cache(maxsize=None)
 def _render(files: tuple[str, ...], values_json: str, namespace: str, kube_version: str | None,
-            show_only: str | None, chart: str) -> str:
+            show_only: str | None, chart: str, api_versions: tuple[str, ...] = ()) -> str:
     cmd = [helm(), "template", RELEASE, chart, "--namespace", namespace]
     with tempfile.TemporaryDirectory() as tmp:
         for f in files:
@@ -145,6 +145,8 @@ def _render(files: tuple[str, ...], values_json: str, namespace: str, kube_versi
             cmd += ["--kube-version", kube_version]
         if show_only:
             cmd += ["--show-only", show_only]
+        for a in api_versions:
+            cmd += ["--api-versions", a]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:
         raise RenderError(proc.stderr.strip())
@@ -152,9 +154,11 @@ def _render(files: tuple[str, ...], values_json: str, namespace: str, kube_versi
 
 
 def render_text(*files: str, values: dict | None = None, namespace: str = NAMESPACE, kube_version: str | None = None,
-                show_only: str | None = None, chart: Path = CHART) -> str:
+                show_only: str | None = None, chart: Path = CHART, api_versions: tuple[str, ...] = ()) -> str:
+    """`api_versions`: what the cluster serves beyond helm's defaults (`--api-versions`, e.g.
+    `admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy`)."""
     return _render(tuple(files), json.dumps(values or {}, sort_keys=True), namespace, kube_version, show_only,
-                   str(chart))
+                   str(chart), tuple(api_versions))
 
 
 def render(*files: str, **kw) -> Rendering:

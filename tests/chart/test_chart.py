@@ -183,7 +183,7 @@ def test_failure_policies_and_timeouts_default():
     assert hooks[MUTATE_NS]["timeoutSeconds"] == 5
     assert hooks[MUTATE_NS]["reinvocationPolicy"] == "Never"
     for w in hooks.values():
-        assert "matchConditions" not in w, "omitted when empty (Kubernetes < 1.28 lacks the field)"
+        assert [c["name"] for c in w["matchConditions"]] == [CHART_CONDITION[w["name"]]], "the chart's own"
         assert "objectSelector" not in w
 
 
@@ -199,9 +199,10 @@ def test_failure_policies_and_timeouts_follow_values():
 def test_match_conditions_and_selectors_pass_through():
     hooks = render("options-values.yaml").webhooks()
     cond = [{"name": "not-a-node", "expression": "!request.userInfo.username.startsWith('system:node:')"}]
-    assert hooks[VALIDATE_NP]["matchConditions"] == cond
-    assert hooks[VALIDATE_NS]["matchConditions"] == cond
-    assert "matchConditions" not in hooks[MUTATE_NS]
+    for name in (VALIDATE_NP, VALIDATE_NS):
+        assert hooks[name]["matchConditions"][1:] == cond, "the user's come after the chart's own"
+        assert hooks[name]["matchConditions"][0]["name"] == CHART_CONDITION[name]
+    assert [c["name"] for c in hooks[MUTATE_NS]["matchConditions"]] == [CHART_CONDITION[MUTATE_NS]]
     assert hooks[MUTATE_NS]["failurePolicy"] == "Fail"
     assert hooks[MUTATE_NS]["reinvocationPolicy"] == "IfNeeded"
     user_term = {"key": "example.com/unmanaged", "operator": "DoesNotExist"}
@@ -209,6 +210,21 @@ def test_match_conditions_and_selectors_pass_through():
         exprs = hooks[name]["namespaceSelector"]["matchExpressions"]
         assert user_term in exprs
         assert exprs[0]["key"] == "kubernetes.io/metadata.name", "the chart's exemption stays, ANDed with the user's"
+
+
+# The chart's own matchConditions (generated from src/policies/ into templates/apiserver-policies.yaml).
+CHART_CONDITION = {
+    VALIDATE_NP: "selects-every-pod",
+    VALIDATE_NS: "removes-the-enable-label",
+    MUTATE_NS: "lacks-the-enable-label",
+}
+
+
+def test_chart_match_conditions_can_be_turned_off_and_are_left_out_before_1_28():
+    off = render(values={"webhook": {"matchConditions": {"enabled": False}}}).webhooks()
+    assert all("matchConditions" not in w for w in off.values())
+    old = render(kube_version="1.27.0").webhooks()
+    assert all("matchConditions" not in w for w in old.values()), "Kubernetes < 1.28 lacks the field"
 
 
 def test_match_conditions_refused_before_kubernetes_1_28():
