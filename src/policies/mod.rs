@@ -608,8 +608,8 @@ fn networkpolicy_variables() -> Vec<(String, String)> {
     let label = Setting::SystemLabel.var();
     let label_text = hole(&format!("size({label}) == 1 ? {label}[0] : {label}[0] + '=' + {label}[1]"));
     vec![
-        ("policyNamespace".into(), first_of("namespace", "request.namespace")),
-        ("name".into(), first_of("name", "request.name")),
+        ("policyNamespace".into(), first_of("namespace", "has(request.namespace) ? request.namespace : ''")),
+        ("name".into(), first_of("name", REQUEST_NAME)),
         ("systemByName".into(), name_is_system(ns)),
         (
             "systemByLabel".into(),
@@ -631,6 +631,8 @@ fn networkpolicy_variables() -> Vec<(String, String)> {
 }
 
 const NS: &str = "variables.policyNamespace";
+/// `request.name`, which is absent (not empty) for a `generateName` CREATE and a collection delete's reviews.
+const REQUEST_NAME: &str = "has(request.name) ? request.name : ''";
 const NAME: &str = "variables.name";
 
 impl Generator<'_> {
@@ -735,7 +737,7 @@ impl Generator<'_> {
             format!("has({o}.metadata.labels) && {key} in {o}.metadata.labels && {o}.metadata.labels[{key}] == {value}")
         };
         let mut variables = vec![
-            ("name".into(), first_of("name", "request.name")),
+            ("name".into(), first_of("name", REQUEST_NAME)),
             ("had".into(), enabled("oldObject")),
             ("has".into(), enabled("object")),
             (
@@ -784,7 +786,7 @@ impl Generator<'_> {
         let value = Setting::EnableValue.var();
         let generate = "object.metadata.generateName";
         let mut variables = vec![
-            ("name".into(), first_of("name", "request.name")),
+            ("name".into(), first_of("name", REQUEST_NAME)),
             (
                 "system".into(),
                 format!(
