@@ -306,6 +306,23 @@ impl Run {
     }
 }
 
+impl Drop for Run {
+    /// Leaves the control plane as it was: no webhook configurations of this release, no policies.
+    fn drop(&mut self) {
+        let name = format!("{RELEASE}-default-deny-guard");
+        self.kubectl(&[
+            "delete",
+            "validatingwebhookconfiguration,mutatingwebhookconfiguration",
+            &name,
+            "--ignore-not-found",
+        ]);
+        let kinds = "validatingadmissionpolicy,validatingadmissionpolicybinding,mutatingadmissionpolicy,mutatingadmissionpolicybinding";
+        for rule in ["r1", "r2", "r3", "r4", "r5"] {
+            self.kubectl(&["delete", kinds, &format!("{POLICY_PREFIX}-{rule}"), "--ignore-not-found"]);
+        }
+    }
+}
+
 // === Manifests ===
 
 /// The context document's manifests (`tests/fixtures/context/`), each renamed to its file's stem (several share a
