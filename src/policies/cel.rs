@@ -94,7 +94,7 @@ pub fn default_deny_variables(prefix: &str, obj: &str) -> Vec<(String, String)> 
         ("SelectsAll", selects_all(obj)),
         // The API's defaulting: policyTypes when given; else Ingress, and Egress only with an egress rule.
         (
-            "Types".into(),
+            "Types",
             format!(
                 "{obj} == null ? [] :\nhas({spec}) && has({spec}.policyTypes) && size({spec}.policyTypes) > 0 ? \
                  {spec}.policyTypes :\nhas({spec}) && has({spec}.egress) && size({spec}.egress) > 0 ? ['{}', '{}'] : \
@@ -109,7 +109,7 @@ pub fn default_deny_variables(prefix: &str, obj: &str) -> Vec<(String, String)> 
         ("DefaultDeny", format!("{} && ({ingress} || {egress})", v("SelectsAll"))),
         ("AllowRules", format!("{} + {}", rules_of(&ingress, "ingress"), rules_of(&egress, "egress"))),
         (
-            "Directions".into(),
+            "Directions",
             format!(
                 "{ingress} && {egress} ? {} : {ingress} ? '{}' : '{}'",
                 lit(&both),
