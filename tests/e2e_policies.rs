@@ -171,6 +171,17 @@ impl Run {
         self.cluster.kubectl_in(args, Some(stdin))
     }
 
+    /// Deletes this release's webhook configurations.
+    fn unregister_webhook(&self) -> Out {
+        let name = format!("{RELEASE}-default-deny-guard");
+        self.kubectl(&[
+            "delete",
+            "validatingwebhookconfiguration,mutatingwebhookconfiguration",
+            &name,
+            "--ignore-not-found",
+        ])
+    }
+
     fn webhook(&self) -> &Webhook {
         self.webhook.as_ref().expect("the webhook runs")
     }
@@ -209,14 +220,7 @@ impl Run {
             let w = self.webhook();
             self.cluster.register_with(RELEASE, &w.url(), &w.ca, extra);
         } else {
-            let name = format!("{RELEASE}-default-deny-guard");
-            self.kubectl(&[
-                "delete",
-                "validatingwebhookconfiguration,mutatingwebhookconfiguration",
-                &name,
-                "--ignore-not-found",
-            ])
-            .ok();
+            self.unregister_webhook().ok();
         }
         if engine.policies() {
             let yaml = self.policies_yaml(engine.webhook_registered());
@@ -309,13 +313,7 @@ impl Run {
 impl Drop for Run {
     /// Leaves the control plane as it was: no webhook configurations of this release, no policies.
     fn drop(&mut self) {
-        let name = format!("{RELEASE}-default-deny-guard");
-        self.kubectl(&[
-            "delete",
-            "validatingwebhookconfiguration,mutatingwebhookconfiguration",
-            &name,
-            "--ignore-not-found",
-        ]);
+        self.unregister_webhook();
         let kinds = "validatingadmissionpolicy,validatingadmissionpolicybinding,mutatingadmissionpolicy,mutatingadmissionpolicybinding";
         for rule in ["r1", "r2", "r3", "r4", "r5"] {
             self.kubectl(&["delete", kinds, &format!("{POLICY_PREFIX}-{rule}"), "--ignore-not-found"]);

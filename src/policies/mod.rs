@@ -503,6 +503,24 @@ struct RuleCel {
     differences: Vec<&'static str>,
 }
 
+/// A rule that denies when `guarded` holds, unless the exception annotation on `object` is valid (R2, R3, R5).
+fn unless_excepted(
+    resources: vap::MatchResources,
+    variables: Vec<(String, String)>,
+    guarded: &str,
+    message: String,
+    object: &'static str,
+) -> RuleCel {
+    RuleCel {
+        resources,
+        variables,
+        allowed: format!("!({guarded} && !variables.exceptionValid)"),
+        message,
+        exception: Some(ExceptionUse { object, used: format!("({guarded} && variables.exceptionValid)") }),
+        differences: vec![DIFFERENCES[0]],
+    }
+}
+
 /// When a request passes by an exception: the object that carries it, and the condition.
 struct ExceptionUse {
     object: &'static str,
@@ -685,17 +703,13 @@ impl Generator<'_> {
         // The API server always sends oldObject on DELETE (1.15+); the webhook refuses a review without one, and so
         // does this.
         let guarded = "!variables.teardown && oldObject != null && variables.oldDefaultDeny && !variables.system";
-        RuleCel {
-            resources: networkpolicy_rules(&["DELETE"]),
+        unless_excepted(
+            networkpolicy_rules(&["DELETE"]),
             variables,
-            allowed: format!("!({guarded} && !variables.exceptionValid)"),
-            message: format!("oldObject == null ? 'the DELETE review has no oldObject' :\n{}", concat(&message)),
-            exception: Some(ExceptionUse {
-                object: "oldObject",
-                used: format!("({guarded} && variables.exceptionValid)"),
-            }),
-            differences: vec![DIFFERENCES[0]],
-        }
+            guarded,
+            format!("oldObject == null ? 'the DELETE review has no oldObject' :\n{}", concat(&message)),
+            "oldObject",
+        )
     }
 
     /// R3: an UPDATE that turns a default-deny policy into one that is not.
@@ -716,17 +730,7 @@ impl Generator<'_> {
             &hole("variables.voidNote"),
         );
         let guarded = "variables.oldDefaultDeny && !variables.newDefaultDeny && !variables.system";
-        RuleCel {
-            resources: networkpolicy_rules(&["UPDATE"]),
-            variables,
-            allowed: format!("!({guarded} && !variables.exceptionValid)"),
-            message: concat(&message),
-            exception: Some(ExceptionUse {
-                object: "object",
-                used: format!("({guarded} && variables.exceptionValid)"),
-            }),
-            differences: vec![DIFFERENCES[0]],
-        }
+        unless_excepted(networkpolicy_rules(&["UPDATE"]), variables, guarded, concat(&message), "object")
     }
 
     /// R5: a Namespace UPDATE that removes or changes the enable label, without an exception.
@@ -766,17 +770,7 @@ impl Generator<'_> {
             &hole("variables.voidNote"),
         );
         let guarded = "variables.had && !variables.has && !variables.system && !variables.terminating";
-        RuleCel {
-            resources: namespace_rules(&["UPDATE"]),
-            variables,
-            allowed: format!("!({guarded} && !variables.exceptionValid)"),
-            message: concat(&message),
-            exception: Some(ExceptionUse {
-                object: "object",
-                used: format!("({guarded} && variables.exceptionValid)"),
-            }),
-            differences: vec![DIFFERENCES[0]],
-        }
+        unless_excepted(namespace_rules(&["UPDATE"]), variables, guarded, concat(&message), "object")
     }
 
     /// R4: a new namespace gets the enable label, unless it is a system namespace, has an exception, or has the
