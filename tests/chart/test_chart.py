@@ -30,7 +30,9 @@ IN_CLUSTER_MODES = [m for m in MODES if m != "url-values.yaml"]
 VALIDATE_NP = "networkpolicies.validate.default-deny-guard.io"
 VALIDATE_NS = "namespaces.validate.default-deny-guard.io"
 MUTATE_NS = "namespaces.mutate.default-deny-guard.io"
-CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"}
+CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "ValidatingWebhookConfiguration", "MutatingWebhookConfiguration",
+                  "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "MutatingAdmissionPolicy",
+                  "MutatingAdmissionPolicyBinding"}
 TEST_CA_PEM = yaml.safe_load((CI / "url-values.yaml").read_text())["webhook"]["caBundle"]
 
 # The metric names of SPEC section 6, which the alerts and the dashboard must use (and no others of ours): the
@@ -82,6 +84,8 @@ EXPECTED_KINDS = {
     "reconciler-cronjob-values.yaml": BASE | MONITORING | {"CronJob"},
     "reconciler-off-values.yaml": WEBHOOK | MONITORING,
     "url-values.yaml": {"ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"},
+    # Kubernetes 1.33 (test-chart.sh's default): no MutatingAdmissionPolicy before 1.34.
+    "apiserver-policies-values.yaml": BASE | {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"},
 }
 
 # The reconciler's objects, by mode: (kind, name) and, for the Role and RoleBinding, their namespace `default`.
