@@ -148,19 +148,24 @@ fn strip_engine(line: &str) -> &str {
 
 struct Run {
     cluster: Cluster,
+    /// The rule flags of the webhook and the policies: [`RULE_FLAGS`] and the test's own.
+    flags: Vec<String>,
     webhook: Option<Webhook>,
     run: String,
     minor: u32,
 }
 
 impl Run {
-    fn start() -> Run {
+    /// Starts the webhook with [`RULE_FLAGS`] and `extra` (the policies get the same).
+    fn start(extra: &[&str]) -> Run {
         let cluster = Cluster::from_env(env!("CARGO_BIN_EXE_default-deny-guard"));
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
         let run = format!("{:04x}", (std::process::id() ^ nanos) & 0xffff);
         let minor = cluster.server_minor_version();
-        let webhook = Some(Webhook::start(&cluster, "webhook-policies", RULE_FLAGS));
-        Run { cluster, webhook, run, minor }
+        let flags: Vec<String> = RULE_FLAGS.iter().chain(extra).map(|f| f.to_string()).collect();
+        let args: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let webhook = Some(Webhook::start(&cluster, "webhook-policies", &args));
+        Run { cluster, flags, webhook, run, minor }
     }
 
     fn kubectl(&self, args: &[&str]) -> Out {
@@ -199,7 +204,7 @@ impl Run {
     fn policies_yaml(&self, with_webhook: bool) -> String {
         let kube = format!("1.{}", self.minor);
         let mut args = vec!["policies", "--kube-version", &kube, "--name-prefix", POLICY_PREFIX];
-        args.extend_from_slice(RULE_FLAGS);
+        args.extend(self.flags.iter().map(String::as_str));
         if with_webhook {
             args.push("--with-webhook");
         }
@@ -534,7 +539,7 @@ fn scenarios(r: &Run, engine: Engine) -> Vec<(String, Verdict)> {
 #[test]
 #[ignore = "needs a control plane: ./hack/e2e.sh"]
 fn policies_decide_as_the_webhook() {
-    let mut r = Run::start();
+    let mut r = Run::start(&[]);
     let mut results: BTreeMap<Engine, Vec<(String, Verdict)>> = BTreeMap::new();
     for engine in Engine::ALL {
         r.set_up(engine);
@@ -625,7 +630,7 @@ fn policies_decide_as_the_webhook() {
 #[test]
 #[ignore = "needs a control plane: ./hack/e2e.sh"]
 fn match_conditions_spare_webhook_calls() {
-    let mut r = Run::start();
+    let mut r = Run::start(&[]);
     let mut facts = String::new();
     let mut verdicts = Vec::new();
     for engine in [Engine::WebhookAll, Engine::Webhook] {
@@ -660,4 +665,45 @@ fn match_conditions_spare_webhook_calls() {
     }
     assert_eq!(verdicts[0], verdicts[1], "the same verdicts");
     r.cluster.fact(&format!("Kubernetes 1.{}: {facts}", r.minor));
+}
+
+/// Rules in warn mode: the request goes through with the rule's warning, printed once whichever engines run (beside
+/// the webhook the policies are bound `[Audit]` only); the policies alone print it with the API server's prefix.
+#[test]
+#[ignore = "needs a control plane: ./hack/e2e.sh"]
+fn warn_mode_warns_once() {
+    let mut r = Run::start(&["--warn", "R2,R5"]);
+    let mut seen = Vec::new();
+    for engine in [Engine::Webhook, Engine::Both, Engine::Policies] {
+        r.set_up(engine);
+        let ns = format!("pol-warn-{}-{}", engine.name(), r.run);
+        r.kubectl(&["create", "namespace", &ns]).ok();
+        let task1 = context_manifests().into_iter().find(|m| m.0 == "task1-default-deny-all").unwrap().2;
+        r.kubectl_in(&["apply", "-n", &ns, "-f", "-"], &task1).ok();
+        let delete = r.kubectl(&["delete", "networkpolicy", "task1-default-deny-all", "-n", &ns]);
+        let unlabel = r.kubectl(&["label", "namespace", &ns, "default-deny-"]);
+        for (rule, out) in [("R2", &delete), ("R5", &unlabel)] {
+            out.ok();
+            let warnings: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with("Warning: ")).collect();
+            assert_eq!(warnings.len(), 1, "{} {rule}: one warning: {out}", engine.name());
+            let prefix = match engine {
+                Engine::Policies => format!(
+                    "Warning: Validation failed for ValidatingAdmissionPolicy '{POLICY_PREFIX}-{}'",
+                    rule.to_lowercase()
+                ),
+                _ => format!("Warning: {rule} (warn mode, allowed): "),
+            };
+            assert!(warnings[0].starts_with(&prefix), "{} {rule}: {}", engine.name(), warnings[0]);
+            let message = strip_engine(warnings[0].trim_start_matches("Warning: "))
+                .replace(&format!("-{}-", engine.name()), "-*-");
+            seen.push((rule, message));
+        }
+        r.kubectl(&["delete", "namespace", &ns, "--wait=false"]).ok();
+    }
+    for rule in ["R2", "R5"] {
+        let texts: Vec<&String> = seen.iter().filter(|(r, _)| *r == rule).map(|(_, m)| m).collect();
+        assert!(texts.windows(2).all(|w| w[0] == w[1]), "{rule}: the same words from every engine: {texts:#?}");
+        assert!(texts[0].starts_with(&format!("{rule} (warn mode, allowed): ")), "{}", texts[0]);
+    }
+    r.cluster.fact(&format!("Kubernetes 1.{}: warn mode (R2, R5): one warning per request with the webhook alone, with both, and with the policies alone", r.minor));
 }
