@@ -577,6 +577,9 @@ fn policies_decide_as_the_webhook() {
         }
     }
     r.cluster.fact(&table);
+    if r.cluster.audit_log.is_some() {
+        audit_records_the_exception(&r);
+    }
     assert!(problems.is_empty(), "verdicts that differ from the webhook's:\n{}", problems.join("\n\n"));
     // What the scenarios are meant to show, so that a chain that allows everything does not pass.
     let verdict = |step: &str| &reference.iter().find(|(n, _)| n == step).unwrap().1;
@@ -622,6 +625,48 @@ fn policies_decide_as_the_webhook() {
     let kube_system: Vec<&Verdict> =
         reference.iter().filter(|(n, _)| n.starts_with("r1-kube-system-")).map(|(_, v)| v).collect();
     assert_eq!(kube_system.iter().filter(|v| !v.ok).count(), 13, "every default-deny manifest refused in kube-system");
+}
+
+/// The exception that let `r2-exception-delete` through is in the API server's audit log, under the webhook's
+/// name, the policy's, or both, as the engine has it.
+fn audit_records_the_exception(r: &Run) {
+    let webhook = "networkpolicies.validate.default-deny-guard.io";
+    let policy = format!("{POLICY_PREFIX}-r2");
+    for engine in Engine::ALL {
+        let ns = format!("pol-{}-{}", engine.name(), r.run);
+        let want: Vec<&str> = match engine {
+            Engine::WebhookAll | Engine::Webhook => vec![webhook],
+            Engine::Policies | Engine::Down => vec![&policy],
+            Engine::Both => vec![&policy, webhook],
+        };
+        poll(
+            &format!("the audit event of {ns}'s exception delete"),
+            Duration::from_secs(10),
+            Duration::from_millis(200),
+            || {
+                let events = r.cluster.audit_events();
+                let event = events.iter().find(|e| {
+                    e["verb"] == "delete"
+                        && e["stage"] == "ResponseComplete"
+                        && e["objectRef"]["namespace"] == ns.as_str()
+                        && e["objectRef"]["name"] == "mistake4-ingress-only"
+                });
+                let Some(event) = event else { return Err("no event".to_owned()) };
+                let annotations = &event["annotations"];
+                for who in &want {
+                    let reason = &annotations[format!("{who}/exception-reason")];
+                    let expires = &annotations[format!("{who}/exception-expires")];
+                    if reason != "moving to Cilium policies"
+                        || expires != "2099-12-31"
+                        || annotations[format!("{who}/exception-rule")] != "R2"
+                    {
+                        return Err(format!("{}: {who}: {annotations}", engine.name()));
+                    }
+                }
+                Ok(())
+            },
+        );
+    }
 }
 
 /// How many webhook calls a `kubectl apply -k` of the context document's manifests into an application namespace,
