@@ -650,6 +650,8 @@ fn audit_records_the_exception(r: &Run) {
                         && e["stage"] == "ResponseComplete"
                         && e["objectRef"]["namespace"] == ns.as_str()
                         && e["objectRef"]["name"] == "mistake4-ingress-only"
+                        // The one that went through (`r2-delete-all` was refused it before).
+                        && e["responseStatus"]["code"] == 200
                 });
                 let Some(event) = event else { return Err("no event".to_owned()) };
                 let annotations = &event["annotations"];
