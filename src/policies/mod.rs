@@ -383,10 +383,10 @@ impl Generator<'_> {
                 param_ref: None,
             }),
         };
-        let mut binding = serde_json::to_value(typed(binding)).expect("a binding serializes");
+        let mut binding = serde_json::to_value(binding).expect("a binding serializes");
         binding["spec"]["validationActions"] = self.validation_actions(rule);
         binding["spec"]["matchResources"] = serde_json::json!({ "namespaceSelector": self.namespace_selector() });
-        (serde_json::to_value(typed(policy)).expect("a policy serializes"), binding)
+        (serde_json::to_value(policy).expect("a policy serializes"), binding)
     }
 
     /// The MutatingAdmissionPolicy for R4, when the Kubernetes version has one and R4 is enforced.
@@ -451,22 +451,6 @@ impl Generator<'_> {
         binding["spec"]["matchResources"] = serde_json::json!({ "namespaceSelector": self.namespace_selector() });
         Some((serde_json::to_value(policy).expect("a policy serializes"), binding))
     }
-}
-
-/// A k8s-openapi object with its `apiVersion` and `kind`.
-fn typed<K: k8s_openapi::Resource + Serialize>(object: K) -> Value {
-    let mut value = serde_json::to_value(&object).expect("an object serializes");
-    if let Value::Object(map) = &mut value {
-        // k8s-openapi writes apiVersion and kind itself; placed first here for the reader.
-        let mut ordered = serde_json::Map::new();
-        ordered.insert("apiVersion".into(), Value::String(K::API_VERSION.into()));
-        ordered.insert("kind".into(), Value::String(K::KIND.into()));
-        for (k, v) in std::mem::take(map) {
-            ordered.entry(k).or_insert(v);
-        }
-        *map = ordered;
-    }
-    value
 }
 
 /// MutatingAdmissionPolicy v1beta1 (1.34) and v1 (1.36) have the spec of v1alpha1, the only version k8s-openapi
@@ -799,7 +783,8 @@ impl Generator<'_> {
                 ),
             ),
         ];
-        variables.extend(exception_variables("object"));
+        // The note on an exception that does not count is a warning, which a MutatingAdmissionPolicy cannot give.
+        variables.extend(exception_variables("object").into_iter().filter(|(name, _)| name != "voidNote"));
         variables.push(("skip".into(), "variables.system || variables.exceptionValid || variables.labelled".into()));
         RuleCel {
             resources: namespace_rules(&["CREATE"]),
