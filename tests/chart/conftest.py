@@ -131,7 +131,7 @@ class RenderError(Exception):
 
 
 @functools.lru_cache(maxsize=None)
-def _render(files: tuple[str, ...], values_json: str, namespace: str, kube_version: str | None,
+def _render(files: tuple[str, ...], values_json: str, namespace: str, kube_version: str,
             show_only: str | None, chart: str) -> str:
     cmd = [helm(), "template", RELEASE, chart, "--namespace", namespace]
     with tempfile.TemporaryDirectory() as tmp:
@@ -141,8 +141,7 @@ def _render(files: tuple[str, ...], values_json: str, namespace: str, kube_versi
             extra = Path(tmp) / "extra-values.yaml"
             extra.write_text(yaml.safe_dump(json.loads(values_json)))
             cmd += ["--values", str(extra)]
-        if kube_version:
-            cmd += ["--kube-version", kube_version]
+        cmd += ["--kube-version", kube_version]
         if show_only:
             cmd += ["--show-only", show_only]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
@@ -151,7 +150,11 @@ def _render(files: tuple[str, ...], values_json: str, namespace: str, kube_versi
     return proc.stdout
 
 
-def render_text(*files: str, values: dict | None = None, namespace: str = NAMESPACE, kube_version: str | None = None,
+# helm template's default version is its own client library's (1.33 for helm 3.18), below the chart's floor.
+KUBE_VERSION = "1.37.0"
+
+
+def render_text(*files: str, values: dict | None = None, namespace: str = NAMESPACE, kube_version: str = KUBE_VERSION,
                 show_only: str | None = None, chart: Path = CHART) -> str:
     return _render(tuple(files), json.dumps(values or {}, sort_keys=True), namespace, kube_version, show_only,
                    str(chart))

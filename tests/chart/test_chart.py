@@ -183,7 +183,7 @@ def test_failure_policies_and_timeouts_default():
     assert hooks[MUTATE_NS]["timeoutSeconds"] == 5
     assert hooks[MUTATE_NS]["reinvocationPolicy"] == "Never"
     for w in hooks.values():
-        assert "matchConditions" not in w, "omitted when empty (Kubernetes < 1.28 lacks the field)"
+        assert "matchConditions" not in w, "omitted when empty"
         assert "objectSelector" not in w
 
 
@@ -211,9 +211,10 @@ def test_match_conditions_and_selectors_pass_through():
         assert exprs[0]["key"] == "kubernetes.io/metadata.name", "the chart's exemption stays, ANDed with the user's"
 
 
-def test_match_conditions_refused_before_kubernetes_1_28():
-    err = render_error("options-values.yaml", kube_version="1.27.0")
-    assert "matchConditions need Kubernetes 1.28+" in err
+def test_kubernetes_below_the_tested_versions_is_refused():
+    # The floor is the oldest version the end-to-end suite runs on (docs/e2e.md).
+    err = render_error(kube_version="1.33.0")
+    assert "chart requires kubeVersion: >=1.34.0-0 which is incompatible with Kubernetes v1.33.0" in err
 
 
 def exempt(webhook: dict) -> list[str]:
@@ -351,7 +352,7 @@ class FakeKubeAPI:
                 outer.requests.append(self.path)
                 path = self.path.split("?")[0].strip("/").split("/")
                 if path == ["version"]:
-                    return self.reply(200, {"major": "1", "minor": "33", "gitVersion": "v1.33.0"})
+                    return self.reply(200, {"major": "1", "minor": "37", "gitVersion": "v1.37.2"})
                 if path == ["api", "v1"]:
                     return self.reply(200, {"kind": "APIResourceList", "groupVersion": "v1", "resources": [
                         {"name": "secrets", "singularName": "secret", "namespaced": True, "kind": "Secret",
@@ -660,18 +661,13 @@ def test_hpa():
     assert targets == {"cpu": 70, "memory": 80}
 
 
-def test_the_pause_is_the_servers_own_before_kubernetes_1_29():
+def test_the_pause_is_the_prestop_sleep_action():
     r = render()
-    assert "shutdown-delay" not in r.flags(), "1.29+: the preStop sleep action pauses"
-    r = render(kube_version="1.28.0")
-    assert "lifecycle" not in r.container, "no sleep action before 1.29"
-    assert r.flags()["shutdown-delay"] == "5s", "serve pauses itself: unready at SIGTERM, serving on"
-    assert r.pod["terminationGracePeriodSeconds"] >= 5 + int(r.flags()["shutdown-timeout"].rstrip("s"))
-    r = render(kube_version="1.28.0", values={"preStop": {"enabled": False}})
+    assert "shutdown-delay" not in r.flags(), "the preStop sleep action pauses"
+    assert r.container["lifecycle"]["preStop"]["sleep"]["seconds"] == 5
+    r = render(values={"preStop": {"enabled": False}})
     assert "lifecycle" not in r.container and "shutdown-delay" not in r.flags()
-    assert "unhealthyPodEvictionPolicy" in r.one("PodDisruptionBudget")["spec"]
-    r = render(kube_version="1.26.0", values={"preStop": {"enabled": False}})
-    assert "unhealthyPodEvictionPolicy" not in r.one("PodDisruptionBudget")["spec"], "field is 1.27+"
+    assert r.one("PodDisruptionBudget")["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
 
 
 def test_grace_period_must_cover_the_shutdown():
