@@ -393,8 +393,9 @@ class FakeKubeAPI:
 
 def render_against(api: FakeKubeAPI, tmp_path) -> Rendering:
     import os
-    from conftest import helm
-    proc = subprocess.run([helm(), "template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=server"],
+    from conftest import KUBE_VERSION, helm
+    proc = subprocess.run([helm(), "template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=server",
+                           "--kube-version", KUBE_VERSION],
                           capture_output=True, text=True, timeout=60,
                           env=dict(os.environ, KUBECONFIG=api.kubeconfig(tmp_path)))
     assert proc.returncode == 0, proc.stderr
