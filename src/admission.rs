@@ -63,8 +63,16 @@ impl NamespaceLookup for () {
 pub enum ReviewError {
     #[error("the body is not a readable AdmissionReview: {0}")]
     Decode(String),
-    #[error("the body is a {0:?}, not an AdmissionReview")]
+    #[error(
+        "the body is a {0:?}, not an AdmissionReview: send the AdmissionReview that kube-apiserver sends \
+         (kind AdmissionReview, apiVersion {API_VERSION_V1}, a request with a uid)"
+    )]
     NotAReview(String),
+    #[error(
+        "the body has no \"kind\": an AdmissionReview was expected (kind AdmissionReview, apiVersion \
+         {API_VERSION_V1}, a request with a uid)"
+    )]
+    NoKind,
     #[error("unsupported AdmissionReview apiVersion {0:?}: expected {API_VERSION_V1} or {API_VERSION_V1BETA1}")]
     Version(String),
     #[error("the AdmissionReview has no request")]
@@ -371,7 +379,8 @@ fn answer<O: ObjectIn>(
 ) -> Result<Reviewed, ReviewError> {
     match review.kind.as_deref() {
         Some("AdmissionReview") => {}
-        other => return Err(ReviewError::NotAReview(other.unwrap_or_default().to_owned())),
+        Some(other) => return Err(ReviewError::NotAReview(other.to_owned())),
+        None => return Err(ReviewError::NoKind),
     }
     let api_version = review.api_version.unwrap_or_default();
     if api_version != API_VERSION_V1 && api_version != API_VERSION_V1BETA1 {

@@ -355,7 +355,17 @@ async fn bad_input_gets_a_4xx_with_a_json_status_and_a_log_line() {
             Some("application/json"),
             br#"{"apiVersion":"admission.k8s.io/v1"}"#.to_vec(),
             400,
-            "not an AdmissionReview",
+            "the body has no \"kind\": an AdmissionReview was expected (kind AdmissionReview, apiVersion \
+             admission.k8s.io/v1, a request with a uid)",
+        ),
+        (
+            "an empty object",
+            "POST",
+            validate.clone(),
+            Some("application/json"),
+            b"{}".to_vec(),
+            400,
+            "the body has no \"kind\": an AdmissionReview was expected",
         ),
         (
             "unknown version",
