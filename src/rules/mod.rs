@@ -466,8 +466,8 @@ impl Settings {
             RuleId::R2,
             format!(
                 "NetworkPolicy {namespace}/{name} is the default-deny policy of namespace {namespace} ({deny}); \
-                 deleting it would open every pod there to all traffic. To delete it on purpose, record an \
-                 exception first: {hint}{}",
+                 deleting it would open every pod there to all traffic.{} To delete it on purpose, record an \
+                 exception first: {hint}",
                 void_note(&exception)
             ),
         )
@@ -564,7 +564,11 @@ impl Settings {
             ),
             None => format!("namespace {shown} labelled {label}"),
         };
-        message.push_str(&void_note(&exception));
+        let void = void_note(&exception);
+        if !void.is_empty() {
+            message.push('.');
+            message.push_str(&void);
+        }
         if self.mode(RuleId::R4) == Mode::Warn {
             let mut d = Decision::allow(Some(RuleId::R4), format!("would label namespace {shown} {label}"));
             d.verdict = Verdict::Warn;
@@ -640,7 +644,8 @@ impl Settings {
     }
 }
 
-/// Tells the user why the exception annotation they set did not count.
+/// Tells the user why the exception annotation they set did not count: a sentence of its own, to follow one that
+/// ends with a full stop.
 fn void_note(exception: &Exception) -> String {
     match exception {
         Exception::Void(why) => format!(" The exception present does not count: {why}."),

@@ -444,7 +444,9 @@ fn r2_deletes() {
         PolicyCase {
             verdict: Verdict::Deny,
             rule: Some(RuleId::R2),
-            says: &["does not count", "expired"],
+            says: &["to all traffic. The exception present does not count: default-deny-guard.io/exception expired \
+                 (default-deny-guard.io/exception-expires=2026-06-29). To delete it on purpose, record an exception \
+                 first: kubectl annotate networkpolicy"],
             ..del(
                 "expired exception",
                 ADMIN,
@@ -687,7 +689,8 @@ fn r4_new_namespaces() {
         },
         patched("generateName (empty name)", json!({"metadata": {"generateName": "ci-run-"}}), false, false),
         NamespaceCase {
-            says: &["expired"],
+            says: &["namespace a labelled default-deny=enabled. The exception present does not count: \
+                 default-deny-guard.io/exception expired (default-deny-guard.io/exception-expires=2026-01-01)."],
             ..patched("expired exception", ns("a", json!({}), json!({EXC: "x", EXP: "2026-01-01"})), false, true)
         },
         skipped("already enabled", ns("a", json!({"default-deny": "enabled"}), json!({}))),
