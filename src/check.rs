@@ -53,10 +53,21 @@ pub enum InputError {
     Syntax { file: String, line: Option<usize>, column: Option<usize>, message: String },
     /// A document of a kind the rules judge that is not a valid object of that kind: `serve` would deny it
     /// (fail closed), and the API server would reject it anyway.
-    #[error("{place}: {object} cannot be read as a {kind}: {message}")]
+    #[error("{}: {object} cannot be read as a {kind}: {message}", document_position(.place))]
     Object { place: Box<Place>, kind: &'static str, object: String, message: String },
-    #[error("{place}: a {kind} whose `items` is not a list")]
+    #[error("{}: a {kind} whose `items` is not a list", document_position(.place))]
     NotAList { place: Box<Place>, kind: String },
+}
+
+/// Where an unreadable document is: `file:line` of its start, where editors and CI problem matchers look, then
+/// which document (and item) of the file it is. The bad field's own line is not known (the document is read as
+/// a whole), so its path is in the message instead (`spec.ingress: invalid type ...`).
+fn document_position(place: &Place) -> String {
+    let at = position(&place.file, place.line, None);
+    match place.item {
+        Some(i) => format!("{at}: document {}, items[{i}]", place.document),
+        None => format!("{at}: document {}", place.document),
+    }
 }
 
 fn position(file: &str, line: Option<usize>, column: Option<usize>) -> String {
@@ -75,7 +86,8 @@ impl InputError {
             InputError::Syntax { file, line, column, message } => (file, *line, *column, None, None, message.clone()),
             InputError::Object { place, .. } | InputError::NotAList { place, .. } => {
                 let message = self.to_string();
-                let message = message.strip_prefix(&format!("{place}: ")).unwrap_or(&message).to_owned();
+                let at = format!("{}: ", document_position(place));
+                let message = message.strip_prefix(&at).unwrap_or(&message).to_owned();
                 (&place.file, place.line, None, Some(place.document), place.item, message)
             }
         };
@@ -836,7 +848,9 @@ spec:
         assert_eq!(report.exit_code(), EXIT_UNREADABLE);
         let e = report.errors[0].to_string();
         assert!(
-            e.starts_with("m.yaml:1: NetworkPolicy default-deny-all cannot be read as a NetworkPolicy: spec.ingress:"),
+            e.starts_with(
+                "m.yaml:1: document 1: NetworkPolicy default-deny-all cannot be read as a NetworkPolicy: spec.ingress:"
+            ),
             "{e}"
         );
     }

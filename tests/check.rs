@@ -318,19 +318,30 @@ fn broken_yaml_exits_2_with_file_and_line_and_the_rest_is_still_checked() {
     assert_eq!(report["summary"]["exitCode"], 2);
     assert!(json.stderr.is_empty(), "JSON mode writes one document, on stdout");
 
-    // A NetworkPolicy that is YAML but not a NetworkPolicy: `serve` would deny it, `check` cannot judge it.
+    // A NetworkPolicy that is YAML but not a NetworkPolicy: `serve` would deny it, `check` cannot judge it. The
+    // position is the line where its document starts (the third, on line 6), then which document it is; the
+    // field's path says what is wrong.
     write(
         dir.path(),
         "c-wrong-type.yaml",
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: wrong\nspec:\n  ingress: {}\n",
+        &format!(
+            "{DEPLOYMENT}---\n{DEPLOYMENT}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  \
+             name: wrong\nspec:\n  ingress: {{}}\n"
+        ),
     );
     let run = check_in(dir.path(), &["c-wrong-type.yaml"], None);
     assert_eq!(run.code, 2);
-    assert!(
-        run.stderr
-            .starts_with("c-wrong-type.yaml:1: NetworkPolicy wrong cannot be read as a NetworkPolicy: spec.ingress: "),
-        "{}",
-        run.stderr
+    assert_eq!(
+        run.stderr,
+        "c-wrong-type.yaml:15: document 3: NetworkPolicy wrong cannot be read as a NetworkPolicy: spec.ingress: \
+         invalid type: map, expected a sequence\n",
+    );
+    let json = check_in(dir.path(), &["-o", "json", "c-wrong-type.yaml"], None).json();
+    let error = &json["errors"][0];
+    assert_eq!((error["line"].as_u64(), error["document"].as_u64()), (Some(15), Some(3)), "{error}");
+    assert_eq!(
+        error["message"],
+        "NetworkPolicy wrong cannot be read as a NetworkPolicy: spec.ingress: invalid type: map, expected a sequence"
     );
 
     let missing = check_in(dir.path(), &["no-such-dir"], None);
