@@ -265,7 +265,10 @@ impl Report {
             n(self.count(|j| j.decision.verdict == Verdict::Patch), "namespace to label", "namespaces to label"),
             n(self.errors.len(), "unreadable input", "unreadable inputs"),
         );
-        if self.files == 0 {
+        if self.files == 0 && !self.errors.is_empty() {
+            // The cause (`No such file or directory`) is in the error above; guessing at extensions would hide it.
+            s.push_str(" (nothing was checked)");
+        } else if self.files == 0 {
             s.push_str(" (no .yaml, .yml or .json file found: nothing was checked)");
         } else if self.documents == 0 && self.errors.is_empty() {
             // An empty stdin is what a failing `helm template` in a pipe without `pipefail` leaves.

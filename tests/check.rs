@@ -344,9 +344,16 @@ fn broken_yaml_exits_2_with_file_and_line_and_the_rest_is_still_checked() {
         "NetworkPolicy wrong cannot be read as a NetworkPolicy: spec.ingress: invalid type: map, expected a sequence"
     );
 
+    // A missing path: the error names the cause, and the summary does not guess at another one.
     let missing = check_in(dir.path(), &["no-such-dir"], None);
     assert_eq!(missing.code, 2);
-    assert!(missing.stderr.starts_with("no-such-dir: "), "{}", missing.stderr);
+    assert_eq!(missing.stderr, "no-such-dir: No such file or directory (os error 2)\n");
+    assert!(missing.stdout.ends_with("1 unreadable input (nothing was checked)\n"), "{}", missing.stdout);
+    // A directory without manifests is another matter.
+    std::fs::create_dir(dir.path().join("empty")).unwrap();
+    let empty = check_in(dir.path(), &["empty"], None);
+    assert_eq!(empty.code, 0);
+    assert!(empty.stdout.ends_with("(no .yaml, .yml or .json file found: nothing was checked)\n"), "{}", empty.stdout);
 
     let json_broken = check(&["-"], Some("{\"apiVersion\": \"v1\",\n  \"kind\": \"List\"\n  \"items\": []}"));
     assert_eq!(json_broken.code, 2);
