@@ -183,8 +183,9 @@ impl Judged {
 
     fn text(&self) -> String {
         let mut line = format!("{}: {}: {}: {}", self.place, self.object(), self.outcome(), self.decision.message);
-        if self.kind == ObjectKind::NetworkPolicy && self.decision.verdict == Verdict::Allow {
-            line.push_str(&format!(" [{}]", self.default_deny.as_deref().unwrap_or("not default-deny")));
+        // What kind of default-deny policy an allowed one is; the message already says when it is none.
+        if let (Verdict::Allow, Some(kind)) = (self.decision.verdict, &self.default_deny) {
+            line.push_str(&format!(" [{kind}]"));
         }
         line
     }

@@ -223,8 +223,8 @@ fn a_directory_tree_is_searched_recursively() {
     assert_eq!(verbose.code, 0);
     assert_eq!(
         verbose.lines()[0],
-        "base/policies.yaml:1: NetworkPolicy default/default-deny-all (namespace from --namespace): allow: not a \
-         default-deny policy in a system namespace [deny-all (Ingress)]"
+        "base/policies.yaml:1: NetworkPolicy default/default-deny-all (namespace from --namespace): allow: default \
+         is not a system namespace [deny-all (Ingress)]"
     );
 }
 

@@ -395,7 +395,12 @@ impl Settings {
                 }
                 match (req.operation, req.old_object) {
                     (Operation::Update, Some(old)) => self.r3_weakening(req, old, object, facts, now),
-                    _ => Decision::allow(None, "not a default-deny policy in a system namespace"),
+                    // Said by what held, so that `check -v` and the debug log never read as "not default-deny"
+                    // for a policy that is.
+                    _ if object.spec.default_deny().is_some() => {
+                        Decision::allow(None, format!("{} is not a system namespace", req.policy_namespace()))
+                    }
+                    _ => Decision::allow(None, "not a default-deny policy"),
                 }
             }
             Operation::Delete => self.r2_delete(req, facts, now),

@@ -346,11 +346,13 @@ fn r1_system_namespaces() {
         PolicyCase {
             what: "a policy for some pods in kube-system is fine",
             object: Some(allow_web("kube-system")),
+            says: &["not a default-deny policy"],
             ..Default::default()
         },
         PolicyCase {
             what: "deny-all in an application namespace is the point",
             object: Some(deny_all(Some("production"), "default-deny-all")),
+            says: &["production is not a system namespace"],
             ..Default::default()
         },
         PolicyCase {
