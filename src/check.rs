@@ -217,6 +217,13 @@ pub struct Skipped {
     pub kind: String,
 }
 
+/// Something the reader must know about how the input was read, though nothing in it is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Note {
+    pub file: String,
+    pub message: String,
+}
+
 /// Everything one run found.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -227,6 +234,7 @@ pub struct Report {
     pub judged: Vec<Judged>,
     pub skipped: Vec<Skipped>,
     pub errors: Vec<InputError>,
+    pub notes: Vec<Note>,
 }
 
 impl Report {
@@ -278,13 +286,17 @@ impl Report {
         s
     }
 
-    /// Findings on `out`, one per line, then the summary; unreadable input on `err`, as `file:line:column:`.
+    /// Findings on `out`, one per line, then the summary; unreadable input on `err`, as `file:line:column:`, and
+    /// notes as `file: warning: ...`.
     pub fn write_text(&self, out: &mut dyn Write, err: &mut dyn Write, verbose: bool) -> io::Result<()> {
         for j in self.judged.iter().filter(|j| verbose || j.is_finding()) {
             writeln!(out, "{}", j.text())?;
         }
         for e in &self.errors {
             writeln!(err, "{e}")?;
+        }
+        for n in &self.notes {
+            writeln!(err, "{}: warning: {}", n.file, n.message)?;
         }
         writeln!(out, "{}", self.summary())
     }
@@ -312,6 +324,7 @@ impl Report {
                 .map(|s| SkippedOut { place: &s.place, api_version: &s.api_version, kind: &s.kind })
                 .collect(),
             errors: self.errors.iter().map(InputError::to_out).collect(),
+            notes: &self.notes,
         };
         serde_json::to_string_pretty(&out).expect("a report always serializes")
     }
@@ -327,6 +340,7 @@ struct ReportOut<'a> {
     results: Vec<ResultOut<'a>>,
     skipped: Vec<SkippedOut<'a>>,
     errors: Vec<ErrorOut<'a>>,
+    notes: &'a [Note],
 }
 
 #[derive(Serialize)]
@@ -461,6 +475,9 @@ impl Checker {
             }
             for file in files {
                 let name = file.display().to_string();
+                if is_kustomization(&file) {
+                    report.notes.push(kustomization_note(&file));
+                }
                 match fs::read(&file) {
                     Ok(bytes) => self.check_bytes(&name, Some(&file), bytes, &mut report),
                     Err(source) => report.errors.push(InputError::Read { file: name, source }),
@@ -664,10 +681,34 @@ fn walk(dir: &Path, files: &mut Vec<PathBuf>, errors: &mut Vec<InputError>) {
         let Ok(file_type) = entry.file_type() else { continue };
         if file_type.is_dir() {
             walk(&path, files, errors);
-        } else if is_manifest_name(&path) && (file_type.is_file() || path.is_file()) {
+        } else if (is_manifest_name(&path) || is_kustomization(&path)) && (file_type.is_file() || path.is_file()) {
             // A symlink is followed to a file only: a link to a directory up the tree would loop.
             files.push(path);
         }
+    }
+}
+
+/// The names kustomize reads a directory's kustomization from.
+fn is_kustomization(path: &Path) -> bool {
+    path.file_name().is_some_and(|n| {
+        ["kustomization.yaml", "kustomization.yml", "Kustomization"].contains(&n.to_str().unwrap_or_default())
+    })
+}
+
+/// A kustomization changes what gets applied (its `namespace`, patches, name prefixes), and `check` reads the files
+/// as they are: a namespace-less base is judged in `--namespace` and may pass where the build fails.
+fn kustomization_note(file: &Path) -> Note {
+    let dir = match file.parent().map(Path::display).map(|d| d.to_string()) {
+        Some(d) if !d.is_empty() => d,
+        _ => ".".to_owned(),
+    };
+    Note {
+        file: file.display().to_string(),
+        message: format!(
+            "this is a kustomization: check judges the files as they are, not what kustomize builds from them \
+             (its namespace, patches and name prefixes are not applied). To check what will be applied: \
+             kustomize build {dir} | default-deny-guard check -"
+        ),
     }
 }
 
@@ -886,7 +927,7 @@ spec:
     fn walk_finds_manifests_in_name_order_and_skips_hidden_entries() {
         let dir = std::env::temp_dir().join(format!("ddg-walk-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        for f in ["b/z.yml", "b/a.json", "a.yaml", "notes.txt", ".git/x.yaml", "c/.hidden.yaml"] {
+        for f in ["b/z.yml", "b/a.json", "a.yaml", "notes.txt", ".git/x.yaml", "c/.hidden.yaml", "c/Kustomization"] {
             let path = dir.join(f);
             fs::create_dir_all(path.parent().unwrap()).unwrap();
             fs::write(path, "").unwrap();
@@ -895,7 +936,8 @@ spec:
         walk(&dir, &mut files, &mut errors);
         let names: Vec<String> =
             files.iter().map(|f| f.strip_prefix(&dir).unwrap().to_string_lossy().into_owned()).collect();
-        assert_eq!(names, ["a.yaml", "b/a.json", "b/z.yml"]);
+        // A kustomization without an extension is read too, so that check can say it was one.
+        assert_eq!(names, ["a.yaml", "b/a.json", "b/z.yml", "c/Kustomization"]);
         assert!(errors.is_empty());
         fs::remove_dir_all(&dir).unwrap();
     }

@@ -216,7 +216,21 @@ fn a_directory_tree_is_searched_recursively() {
              0 warnings, 1 namespace to label, 0 unreadable inputs",
         ]
     );
-    assert!(run.stderr.is_empty(), "{}", run.stderr);
+    // The kustomization is skipped as another object, and said to be one: what kustomize builds may differ.
+    assert_eq!(
+        run.stderr,
+        "./overlays/prod/kustomization.yaml: warning: this is a kustomization: check judges the files as they are, \
+         not what kustomize builds from them (its namespace, patches and name prefixes are not applied). To check \
+         what will be applied: kustomize build ./overlays/prod | default-deny-guard check -\n"
+    );
+    let json = check_in(root, &["-o", "json", "overlays"], None).json();
+    assert_eq!(json["notes"][0]["file"], "overlays/prod/kustomization.yaml");
+    assert!(
+        json["notes"][0]["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("kustomize build overlays/prod | default-deny-guard check -")
+    );
 
     // Verbose adds what passes; `-v` names the file as given.
     let verbose = check_in(root, &["-v", "base"], None);
