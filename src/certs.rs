@@ -64,7 +64,8 @@ pub struct Subject {
 
 impl Subject {
     /// A webhook behind a Service: every name the API server may use for it (`NAME`, `NAME.NS`, `NAME.NS.svc`,
-    /// `NAME.NS.svc.<domain>`), plus 127.0.0.1 for local runs and `ips`.
+    /// `NAME.NS.svc.<domain>`), plus `localhost` and 127.0.0.1 for local runs (`serve --tls-cert` on a laptop, as
+    /// `certs` suggests, answers `https://localhost:8443`) and `ips`.
     pub fn for_service(
         service: &str,
         namespace: &str,
@@ -83,6 +84,7 @@ impl Subject {
             format!("{service}.{namespace}"),
             format!("{service}.{namespace}.svc"),
             format!("{service}.{namespace}.svc.{domain}"),
+            "localhost".to_owned(),
         ];
         let mut all_ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
         for ip in ips {
@@ -280,7 +282,8 @@ fn issue(args: &CertsArgs) -> Result<Issued, CertError> {
          the caBundle (base64 of {ca}) is on stdout, for clientConfig.caBundle of the webhook configurations; the \
          CA's key was not kept, so another run makes another CA\n\
          in the cluster: kubectl -n {ns} create secret tls {service}-tls --cert={cert} --key={key}\n\
-         locally: default-deny-guard serve --tls-cert {cert} --tls-key {key}\n",
+         locally: default-deny-guard serve --tls-cert {cert} --tls-key {key} (then https://localhost:8443, \
+         trusting {ca})\n",
         names = names.join(", "),
         ns = args.namespace,
         service = args.service,
@@ -317,7 +320,7 @@ mod tests {
     #[test]
     fn service_subject_names_every_form_of_the_service() {
         let s = Subject::for_service("guard", "ddg", "cluster.local.", &["10.0.0.7".parse().unwrap()], 30).unwrap();
-        assert_eq!(s.dns_names, ["guard", "guard.ddg", "guard.ddg.svc", "guard.ddg.svc.cluster.local"]);
+        assert_eq!(s.dns_names, ["guard", "guard.ddg", "guard.ddg.svc", "guard.ddg.svc.cluster.local", "localhost"]);
         let ips: Vec<String> = s.ips.iter().map(ToString::to_string).collect();
         assert_eq!(ips, ["127.0.0.1", "10.0.0.7"]);
         let localhost_once = Subject::for_service("guard", "ddg", "cluster.local", &[IpAddr::from([127, 0, 0, 1])], 1);

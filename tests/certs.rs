@@ -49,7 +49,7 @@ fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
-const NAMES: [&str; 4] = ["guard", "guard.ddg", "guard.ddg.svc", "guard.ddg.svc.cluster.local"];
+const NAMES: [&str; 5] = ["guard", "guard.ddg", "guard.ddg.svc", "guard.ddg.svc.cluster.local", "localhost"];
 
 #[test]
 fn certs_makes_a_ca_and_a_serving_certificate_for_the_service() {
@@ -72,7 +72,7 @@ fn certs_makes_a_ca_and_a_serving_certificate_for_the_service() {
     let sans: Vec<String> = sans.value.general_names.iter().map(ToString::to_string).collect();
     let mut want: Vec<String> = NAMES.iter().map(|n| format!("DNSName({n})")).collect();
     want.extend(["IPAddress(7f:00:00:01)".into(), "IPAddress(0a:60:00:14)".into()]);
-    assert_eq!(sans, want, "the Service's names, 127.0.0.1 and --ip");
+    assert_eq!(sans, want, "the Service's names, localhost, 127.0.0.1 and --ip");
 
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     for cert in [&ca, &leaf] {
@@ -94,7 +94,7 @@ fn certs_makes_a_ca_and_a_serving_certificate_for_the_service() {
             .verify_server_cert(&leaf_der, &[], &server, &[], UnixTime::now())
             .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
-    for name in ["localhost", "guard.other.svc", "guard.ddg.svc.example.org"] {
+    for name in ["guard.other.svc", "guard.ddg.svc.example.org", "localhost.localdomain"] {
         let server = ServerName::try_from(name).unwrap();
         assert!(verifier.verify_server_cert(&leaf_der, &[], &server, &[], UnixTime::now()).is_err(), "{name}");
     }
@@ -165,7 +165,11 @@ async fn serve_presents_the_certificate_and_clients_verify_it_with_the_printed_c
     tls.read_to_end(&mut answer).await.unwrap();
     assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
 
+    // And as `https://localhost:PORT`, the local run that certs' own notes suggest.
+    let reply = Https::new(&trusted, Protocol::Http1).get(&format!("https://localhost:{port}/healthz")).await;
+    assert_eq!(reply.status, 200);
+
     // A name the certificate does not carry fails verification: the client really checks.
     let tcp = tokio::net::TcpStream::connect(guard.webhook).await.unwrap();
-    assert!(connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.is_err());
+    assert!(connector.connect(ServerName::try_from("guard.other.svc").unwrap(), tcp).await.is_err());
 }
