@@ -48,6 +48,8 @@ pub enum CertError {
         .existing.join(", ")
     )]
     Exists { dir: PathBuf, existing: Vec<&'static str> },
+    #[error("{}: already there; pass --force to replace it (and the set with it)", .0.display())]
+    BundleExists(PathBuf),
     #[error(
         "{what} {value:?} is not a DNS label (1 to 63 lower-case letters, digits and '-', starting and ending with a letter or digit)"
     )]
@@ -249,7 +251,9 @@ pub fn ensure_dev(dir: &Path) -> Result<DevCertificate, CertError> {
 pub fn run(args: &CertsArgs) -> ExitCode {
     match issue(args) {
         Ok(report) => {
-            println!("{}", report.ca_bundle);
+            if args.ca_bundle_out.is_none() {
+                println!("{}", report.ca_bundle);
+            }
             eprint!("{}", report.notes);
             ExitCode::SUCCESS
         }
@@ -268,7 +272,19 @@ struct Issued {
 fn issue(args: &CertsArgs) -> Result<Issued, CertError> {
     let subject = Subject::for_service(&args.service, &args.namespace, &args.cluster_domain, &args.ip, args.days)?;
     let set = CertificateSet::generate(&subject)?;
+    // Checked before the set is written, so that a refusal writes nothing at all.
+    if let Some(bundle) = &args.ca_bundle_out
+        && !args.force
+        && bundle.symlink_metadata().is_ok()
+    {
+        return Err(CertError::BundleExists(bundle.clone()));
+    }
     set.write(&args.out, args.force)?;
+    if let Some(bundle) = &args.ca_bundle_out {
+        let text = format!("{}\n", set.ca_bundle());
+        write_file(bundle, text.as_bytes(), false, args.force)
+            .map_err(|source| CertError::Io { path: bundle.clone(), source })?;
+    }
     let path = |file: &str| args.out.join(file).display().to_string();
     let names: Vec<String> =
         subject.dns_names.iter().cloned().chain(subject.ips.iter().map(ToString::to_string)).collect();
@@ -276,10 +292,14 @@ fn issue(args: &CertsArgs) -> Result<Issued, CertError> {
         .and_then(|t| jiff::Timestamp::from_second(t).ok())
         .map_or_else(|| format!("{} days from now", subject.days), |t| t.to_string());
     let (ca, cert, key) = (path(CA_FILE), path(CERT_FILE), path(KEY_FILE));
+    let bundle_at = match &args.ca_bundle_out {
+        Some(file) => format!("in {}", file.display()),
+        None => "on stdout".to_owned(),
+    };
     let notes = format!(
         "wrote {ca}, {cert} and {key} (the key readable by its owner only, mode 0600)\n\
          the certificate is for {names} and valid until {until}\n\
-         the caBundle (base64 of {ca}) is on stdout, for clientConfig.caBundle of the webhook configurations; the \
+         the caBundle (base64 of {ca}) is {bundle_at}, for clientConfig.caBundle of the webhook configurations; the \
          CA's key was not kept, so another run makes another CA\n\
          in the cluster: kubectl -n {ns} create secret tls {service}-tls --cert={cert} --key={key}\n\
          locally: default-deny-guard serve --tls-cert {cert} --tls-key {key} (then https://localhost:8443, \

@@ -255,6 +255,11 @@ pub struct CertsArgs {
     #[arg(long, env = "DEFAULT_DENY_GUARD_CERTS_DAYS", default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=36_500))]
     pub days: u32,
 
+    /// Write the caBundle to this file (mode 0644) instead of stdout. Unlike `> FILE`, a run that is refused
+    /// (the set or this file already there, without --force) leaves the file as it was.
+    #[arg(long, env = "DEFAULT_DENY_GUARD_CERTS_CA_BUNDLE_OUT", value_name = "FILE")]
+    pub ca_bundle_out: Option<PathBuf>,
+
     /// Replace the files of an earlier run (and so the CA: the caBundle changes).
     // No environment variable, unlike the other flags: one left set would replace keys silently.
     #[arg(long)]

@@ -125,6 +125,56 @@ fn certs_refuses_to_replace_a_set_unless_forced() {
     assert!(bad.stderr.contains("service \"Guard_1\" is not a DNS label"), "{}", bad.stderr);
 }
 
+/// `--ca-bundle-out`: the bundle goes to its own file, and a refused rerun (where `> cabundle.b64` would already
+/// have emptied it) leaves that file and the set as they were.
+#[test]
+fn ca_bundle_out_writes_the_bundle_and_a_refused_rerun_empties_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, bundle) = (dir.path().join("prod"), dir.path().join("cabundle.b64"));
+    let args =
+        ["--out", path_str(&out), "--service", "guard", "--namespace", "ddg", "--ca-bundle-out", path_str(&bundle)];
+    let run = certs(&args);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout, "", "the bundle goes to the file, not stdout");
+    assert!(run.stderr.contains(&format!("is in {}", bundle.display())), "{}", run.stderr);
+    let written = std::fs::read_to_string(&bundle).unwrap();
+    assert_eq!(decode(written.trim_end()), std::fs::read(out.join("ca.crt")).unwrap(), "base64 of ca.crt");
+    assert_eq!(mode(&bundle), 0o644);
+
+    // Rerun without --force: refused because of the set, and nothing is emptied or replaced.
+    let key = std::fs::read(out.join("tls.key")).unwrap();
+    let again = certs(&args);
+    assert_ne!(again.code, 0);
+    assert!(again.stderr.contains("already there; pass --force"), "{}", again.stderr);
+    assert_eq!(std::fs::read_to_string(&bundle).unwrap(), written);
+    assert_eq!(std::fs::read(out.join("tls.key")).unwrap(), key);
+
+    // The bundle file alone is enough to refuse, before any of the set is written.
+    let fresh = dir.path().join("fresh");
+    let refused = certs(&[
+        "--out",
+        path_str(&fresh),
+        "--service",
+        "guard",
+        "--namespace",
+        "ddg",
+        "--ca-bundle-out",
+        path_str(&bundle),
+    ]);
+    assert_ne!(refused.code, 0);
+    assert!(refused.stderr.contains("cabundle.b64: already there; pass --force"), "{}", refused.stderr);
+    assert!(!fresh.exists(), "nothing written");
+    assert_eq!(std::fs::read_to_string(&bundle).unwrap(), written);
+
+    // --force replaces both, in step.
+    let mut forced = args.to_vec();
+    forced.push("--force");
+    assert_eq!(certs(&forced).code, 0);
+    let replaced = std::fs::read_to_string(&bundle).unwrap();
+    assert_ne!(replaced, written);
+    assert_eq!(decode(replaced.trim_end()), std::fs::read(out.join("ca.crt")).unwrap());
+}
+
 fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
