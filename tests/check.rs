@@ -1,5 +1,6 @@
-//! `default-deny-guard check`, the real binary: the context document's manifests, a directory tree, stdin, broken
-//! input, JSON output; and the proof that `check` and `serve` reach the same verdict on every context policy.
+//! `default-deny-guard check`, the real binary: the practice guide's manifests (docs/practice.md), a directory
+//! tree, stdin, broken input, JSON output; and the proof that `check` and `serve` reach the same verdict on every
+//! one of the guide's policies.
 
 mod common;
 
@@ -57,7 +58,7 @@ fn check_in(dir: &Path, args: &[&str], stdin: Option<&str>) -> Run {
     }
 }
 
-/// One manifest of the context document and what the webhook must make of it.
+/// One manifest of the practice guide and what the webhook must make of it.
 struct Fixture {
     path: String,
     yaml: String,
@@ -97,7 +98,7 @@ fn fixtures() -> Vec<Fixture> {
             }
         })
         .collect();
-    assert_eq!(fixtures.len(), 14, "every manifest of the context document");
+    assert_eq!(fixtures.len(), 14, "every manifest of the practice guide");
     fixtures
 }
 
@@ -462,7 +463,7 @@ async fn check_gives_the_same_verdict_as_serve_on_every_context_policy() {
                 let expected_exit = if checked["verdict"] == "deny" { 1 } else { 0 };
                 assert_eq!(run.code, expected_exit, "{what}");
 
-                // And the verdict is the one the context document calls for.
+                // And the verdict is the one the practice guide calls for.
                 let in_system = matches!(placement, Placement::KubeSystem) && fixture.expect.is_some();
                 let want = match (in_system, modes.is_empty()) {
                     (false, _) => "allow",

@@ -1,5 +1,5 @@
 //! The real server over HTTPS, with reviews shaped like kube-apiserver's: every rule both ways, the known traps of
-//! SPEC section 4, bad input, metrics.
+//! docs/design.md section 4, bad input, metrics.
 
 mod common;
 
