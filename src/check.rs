@@ -707,7 +707,7 @@ fn kustomization_note(file: &Path) -> Note {
         message: format!(
             "this is a kustomization: check judges the files as they are, not what kustomize builds from them \
              (its namespace, patches and name prefixes are not applied). To check what will be applied: \
-             kustomize build {dir} | default-deny-guard check -"
+             kubectl kustomize {dir} | default-deny-guard check - (or kustomize build {dir})"
         ),
     }
 }

@@ -222,7 +222,8 @@ fn a_directory_tree_is_searched_recursively() {
         run.stderr,
         "./overlays/prod/kustomization.yaml: warning: this is a kustomization: check judges the files as they are, \
          not what kustomize builds from them (its namespace, patches and name prefixes are not applied). To check \
-         what will be applied: kustomize build ./overlays/prod | default-deny-guard check -\n"
+         what will be applied: kubectl kustomize ./overlays/prod | default-deny-guard check - (or kustomize build \
+         ./overlays/prod)\n"
     );
     let json = check_in(root, &["-o", "json", "overlays"], None).json();
     assert_eq!(json["notes"][0]["file"], "overlays/prod/kustomization.yaml");
@@ -230,7 +231,7 @@ fn a_directory_tree_is_searched_recursively() {
         json["notes"][0]["message"]
             .as_str()
             .unwrap()
-            .ends_with("kustomize build overlays/prod | default-deny-guard check -")
+            .contains("kubectl kustomize overlays/prod | default-deny-guard check -")
     );
 
     // Verbose adds what passes; `-v` names the file as given.
