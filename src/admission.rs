@@ -2,10 +2,10 @@
 //!
 //! The review is decoded with the objects kept as raw JSON, and each is then read as the kind the request names.
 //! kube's `AdmissionRequest<T>` decodes the object eagerly, so an object that is not what its kind says would make
-//! the whole review unreadable, where the webhook must deny it with a message that says what was wrong (SPEC
-//! section 4). The answer is written here too: kube's `AdmissionResponse` sends the patch as a JSON array of numbers
-//! rather than base64, and its `invalid()` answers with an empty uid and always `admission.k8s.io/v1`, which
-//! kube-apiserver counts as a failed call. kube's `Operation` is used as it is.
+//! the whole review unreadable, where the webhook must deny it with a message that says what was wrong
+//! (docs/design.md section 4). The answer is written here too: kube's `AdmissionResponse` sends the patch as a JSON
+//! array of numbers rather than base64, and its `invalid()` answers with an empty uid and always
+//! `admission.k8s.io/v1`, which kube-apiserver counts as a failed call. kube's `Operation` is used as it is.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;

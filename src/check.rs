@@ -1,4 +1,5 @@
-//! `check`: the webhook's rules, offline, over manifest files, directories and stdin, for GitOps CI (SPEC section 5).
+//! `check`: the webhook's rules, offline, over manifest files, directories and stdin, for GitOps CI
+//! (docs/design.md section 5).
 //!
 //! Each NetworkPolicy and Namespace is judged as the CREATE that `kubectl apply` would send, by the very functions
 //! `serve` calls ([`Settings::judge_network_policy`], [`Settings::judge_namespace_create`]), knowing nothing of the

@@ -1,5 +1,5 @@
-//! The command line: one binary, a subcommand per job (SPEC section 1). Every flag is also an environment variable
-//! `DEFAULT_DENY_GUARD_<FLAG>`, so that a Deployment can configure it either way.
+//! The command line: one binary, a subcommand per job (docs/design.md section 1). Every flag is also an environment
+//! variable `DEFAULT_DENY_GUARD_<FLAG>`, so that a Deployment can configure it either way.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;

@@ -466,8 +466,9 @@ async fn admit(state: &AppState, webhook: Webhook, request: axum::extract::Reque
     ([(header::CONTENT_TYPE, "application/json")], reviewed.body).into_response()
 }
 
-/// Counts a decision in the metrics and writes its log line (SPEC section 5: uid, kind, namespace/name, operation,
-/// user, decision, rule, latency). Public for the benchmark of its cost (`benches/review.rs`, group `record`).
+/// Counts a decision in the metrics and writes its log line (docs/design.md section 5: uid, kind, namespace/name,
+/// operation, user, decision, rule, latency). Public for the benchmark of its cost (`benches/review.rs`, group
+/// `record`).
 pub fn record_decision(metrics: &Metrics, webhook: Webhook, reviewed: &admission::Reviewed, elapsed: Duration) {
     let d = &reviewed.decision;
     let rule = admission::rule_label(d.rule);

@@ -1,7 +1,7 @@
 //! The decision logic: objects in, decision out. No I/O, no async, no clock: the caller passes the time and what
 //! it knows of the policy's namespace, so that `serve` and `check` reach the very same verdicts.
 //!
-//! Each rule of SPEC section 4 lives in one function here: [`Settings::r1_system_namespace`],
+//! Each rule of docs/design.md section 4 lives in one function here: [`Settings::r1_system_namespace`],
 //! [`Settings::r2_delete`], [`Settings::r3_weakening`], [`Settings::r4_label_new_namespace`] and
 //! [`Settings::r5_keep_label`].
 
@@ -24,7 +24,7 @@ pub use system_namespaces::{LabelMatch, SystemNamespaces};
 
 // === Vocabulary ===
 
-/// The rules of SPEC section 4.
+/// The rules of docs/design.md section 4.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RuleId {
     /// No default-deny policy in a system namespace.
@@ -108,7 +108,7 @@ impl fmt::Display for EnableLabel {
     }
 }
 
-/// Everything the rules are configured by (SPEC section 2).
+/// Everything the rules are configured by (docs/design.md section 2).
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub system_namespaces: SystemNamespaces,
@@ -212,7 +212,7 @@ impl<T> Request<'_, T> {
 }
 
 impl Request<'_, NetworkPolicy> {
-    /// `metadata.namespace`, else `request.namespace` (SPEC R1).
+    /// `metadata.namespace`, else `request.namespace` (docs/design.md section 4, R1).
     pub fn policy_namespace(&self) -> &str {
         self.objects().find_map(|o| o.metadata.namespace.as_deref().filter(|n| !n.is_empty())).unwrap_or(self.namespace)
     }

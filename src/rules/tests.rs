@@ -1,4 +1,5 @@
-//! Table-driven tests of the rules: every case of SPEC sections 3 and 4, every manifest of the context document.
+//! Table-driven tests of the rules: every case of docs/design.md sections 3 and 4, every manifest of the practice
+//! guide (docs/practice.md).
 
 use super::*;
 use serde_json::{Value, json};
@@ -187,7 +188,7 @@ fn context_document_manifests() {
         assert_eq!(got, want, "{}", path.display());
         seen += 1;
     }
-    assert_eq!(seen, 14, "every manifest of the context document is checked");
+    assert_eq!(seen, 14, "every manifest of the practice guide (docs/practice.md) is checked");
 }
 
 // === Section 4: the rules ===
