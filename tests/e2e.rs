@@ -115,7 +115,7 @@ impl Shared {
 
 // === Manifests ===
 
-/// A manifest of the context document (`tests/fixtures/context/`).
+/// A manifest of the practice guide (`tests/fixtures/context/`).
 struct Manifest {
     stem: String,
     text: String,
@@ -141,7 +141,7 @@ impl Manifest {
             })
             .collect();
         all.sort_by(|a, b| a.stem.cmp(&b.stem));
-        assert_eq!(all.len(), 14, "every manifest of the context document");
+        assert_eq!(all.len(), 14, "every manifest of the practice guide");
         all
     }
 
@@ -426,7 +426,7 @@ fn is_decision(v: &Value, decision: &str, rule: &str) -> bool {
 
 // === Scenarios ===
 
-/// Every manifest of the context document, applied client-side, server-side and as a server-side dry run into an
+/// Every manifest of the practice guide, applied client-side, server-side and as a server-side dry run into an
 /// application namespace: allowed, and the webhook saw each request.
 #[test]
 #[ignore = "needs a control plane: ./hack/e2e.sh"]
@@ -464,7 +464,7 @@ fn context_manifests_are_allowed_in_application_namespaces() {
     }
 }
 
-/// Every default-deny manifest of the context document is refused in kube-system, whichever way it is applied,
+/// Every default-deny manifest of the practice guide is refused in kube-system, whichever way it is applied,
 /// with our message naming the policy and its kind; the one that is not default-deny goes in.
 #[test]
 #[ignore = "needs a control plane: ./hack/e2e.sh"]

@@ -1,7 +1,7 @@
 //! The decision logic: objects in, decision out. No I/O, no async, no clock: the caller passes the time and what
 //! it knows of the policy's namespace, so that `serve` and `check` reach the very same verdicts.
 //!
-//! Each rule of SPEC section 4 lives in one function here: [`Settings::r1_system_namespace`],
+//! Each rule of docs/design.md section 4 lives in one function here: [`Settings::r1_system_namespace`],
 //! [`Settings::r2_delete`], [`Settings::r3_weakening`], [`Settings::r4_label_new_namespace`] and
 //! [`Settings::r5_keep_label`].
 
@@ -24,7 +24,7 @@ pub use system_namespaces::{LabelMatch, SystemNamespaces};
 
 // === Vocabulary ===
 
-/// The rules of SPEC section 4.
+/// The rules of docs/design.md section 4.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RuleId {
     /// No default-deny policy in a system namespace.
@@ -108,7 +108,7 @@ impl fmt::Display for EnableLabel {
     }
 }
 
-/// Everything the rules are configured by (SPEC section 2).
+/// Everything the rules are configured by (docs/design.md section 2).
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub system_namespaces: SystemNamespaces,
@@ -212,7 +212,7 @@ impl<T> Request<'_, T> {
 }
 
 impl Request<'_, NetworkPolicy> {
-    /// `metadata.namespace`, else `request.namespace` (SPEC R1).
+    /// `metadata.namespace`, else `request.namespace` (docs/design.md section 4, R1).
     pub fn policy_namespace(&self) -> &str {
         self.objects().find_map(|o| o.metadata.namespace.as_deref().filter(|n| !n.is_empty())).unwrap_or(self.namespace)
     }
@@ -395,7 +395,12 @@ impl Settings {
                 }
                 match (req.operation, req.old_object) {
                     (Operation::Update, Some(old)) => self.r3_weakening(req, old, object, facts, now),
-                    _ => Decision::allow(None, "not a default-deny policy in a system namespace"),
+                    // Said by what held, so that `check -v` and the debug log never read as "not default-deny"
+                    // for a policy that is.
+                    _ if object.spec.default_deny().is_some() => {
+                        Decision::allow(None, format!("{} is not a system namespace", req.policy_namespace()))
+                    }
+                    _ => Decision::allow(None, "not a default-deny policy"),
                 }
             }
             Operation::Delete => self.r2_delete(req, facts, now),
@@ -466,8 +471,8 @@ impl Settings {
             RuleId::R2,
             format!(
                 "NetworkPolicy {namespace}/{name} is the default-deny policy of namespace {namespace} ({deny}); \
-                 deleting it would open every pod there to all traffic. To delete it on purpose, record an \
-                 exception first: {hint}{}",
+                 deleting it would open every pod there to all traffic.{} To delete it on purpose, record an \
+                 exception first: {hint}",
                 void_note(&exception)
             ),
         )
@@ -564,7 +569,11 @@ impl Settings {
             ),
             None => format!("namespace {shown} labelled {label}"),
         };
-        message.push_str(&void_note(&exception));
+        let void = void_note(&exception);
+        if !void.is_empty() {
+            message.push('.');
+            message.push_str(&void);
+        }
         if self.mode(RuleId::R4) == Mode::Warn {
             let mut d = Decision::allow(Some(RuleId::R4), format!("would label namespace {shown} {label}"));
             d.verdict = Verdict::Warn;
@@ -640,7 +649,8 @@ impl Settings {
     }
 }
 
-/// Tells the user why the exception annotation they set did not count.
+/// Tells the user why the exception annotation they set did not count: a sentence of its own, to follow one that
+/// ends with a full stop.
 fn void_note(exception: &Exception) -> String {
     match exception {
         Exception::Void(why) => format!(" The exception present does not count: {why}."),

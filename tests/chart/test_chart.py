@@ -33,7 +33,7 @@ MUTATE_NS = "namespaces.mutate.default-deny-guard.io"
 CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"}
 TEST_CA_PEM = yaml.safe_load((CI / "url-values.yaml").read_text())["webhook"]["caBundle"]
 
-# The metric names of SPEC section 6, which the alerts and the dashboard must use (and no others of ours): the
+# The metric names of docs/design.md section 6, which the alerts and the dashboard must use (and no others of ours): the
 # webhook's, then the reconciler's (docs/reconciler.md, "Metrics").
 WEBHOOK_METRICS = {
     "default_deny_guard_admission_requests_total",
@@ -48,7 +48,7 @@ RECONCILER_METRICS = {
     "default_deny_guard_reconcile_errors_total",
     "default_deny_guard_reconcile_duration_seconds_bucket",
 }
-SPEC_METRICS = WEBHOOK_METRICS | RECONCILER_METRICS | {"default_deny_guard_build_info"}
+CONTRACT_METRICS = WEBHOOK_METRICS | RECONCILER_METRICS | {"default_deny_guard_build_info"}
 
 
 def port_of(addr: str) -> int:
@@ -709,7 +709,7 @@ def test_no_rbac_and_no_token_without_the_namespace_cache():
 # === The chart's own NetworkPolicy ===
 
 def is_default_deny(spec: dict) -> bool:
-    """SPEC section 3, condition 1: a policy is default-deny only if its podSelector selects every pod."""
+    """docs/design.md section 3, condition 1: a policy is default-deny only if its podSelector selects every pod."""
     sel = spec.get("podSelector") or {}
     return not sel.get("matchLabels") and not sel.get("matchExpressions")
 
@@ -776,8 +776,8 @@ def test_prometheus_rule():
         assert a["annotations"]["summary"] and a["annotations"]["description"], name
         assert "{{ $labels" not in a["expr"]
         used |= metric_names(a["expr"])
-    assert used <= SPEC_METRICS, used - SPEC_METRICS
-    # SPEC section 7: webhook errors, latency, certificate expiry, unprotected namespaces (and denial spikes).
+    assert used <= CONTRACT_METRICS, used - CONTRACT_METRICS
+    # docs/design.md section 7: webhook errors, latency, certificate expiry, unprotected namespaces (and denial spikes).
     expr = {n: a["expr"] for n, a in alerts.items()}
     assert 'decision="error"' in expr["DefaultDenyGuardAdmissionErrors"]
     assert "apiserver_admission_webhook_rejection_count" in expr["DefaultDenyGuardWebhookCallsFailing"]
@@ -822,8 +822,8 @@ def test_dashboard():
                          .replace("$namespace", ".*"))
             promql_ok(concrete)
             used |= metric_names(e)
-    assert used <= SPEC_METRICS, used - SPEC_METRICS
-    # SPEC section 7: decisions by rule, latency percentiles, exceptions used, coverage.
+    assert used <= CONTRACT_METRICS, used - CONTRACT_METRICS
+    # docs/design.md section 7: decisions by rule, latency percentiles, exceptions used, coverage.
     assert any("by (rule, decision)" in e for e in exprs["Decisions by rule"])
     assert [("histogram_quantile(0.5" in e, "histogram_quantile(0.99" in e) for e in exprs["Latency p50 / p99"]] == [
         (True, False), (False, True)]
