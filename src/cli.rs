@@ -1,5 +1,5 @@
-//! The command line: one binary, a subcommand per job (SPEC section 1). Every flag is also an environment variable
-//! `DEFAULT_DENY_GUARD_<FLAG>`, so that a Deployment can configure it either way.
+//! The command line: one binary, a subcommand per job (docs/design.md section 1). Every flag is also an environment
+//! variable `DEFAULT_DENY_GUARD_<FLAG>`, so that a Deployment can configure it either way.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -257,6 +257,11 @@ pub struct CertsArgs {
     /// Validity of the CA and the certificate, in days.
     #[arg(long, env = "DEFAULT_DENY_GUARD_CERTS_DAYS", default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=36_500))]
     pub days: u32,
+
+    /// Write the caBundle to this file (mode 0644) instead of stdout. Unlike `> FILE`, a run that is refused
+    /// (the set or this file already there, without --force) leaves the file as it was.
+    #[arg(long, env = "DEFAULT_DENY_GUARD_CERTS_CA_BUNDLE_OUT", value_name = "FILE")]
+    pub ca_bundle_out: Option<PathBuf>,
 
     /// Replace the files of an earlier run (and so the CA: the caBundle changes).
     // No environment variable, unlike the other flags: one left set would replace keys silently.

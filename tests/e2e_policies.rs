@@ -1,7 +1,7 @@
 //! End-to-end: the in-API-server policies (`default-deny-guard policies`) decide as the webhook does, on the real
 //! kube-apiserver (`hack/kube-local/`, 1.37; 1.34 with `KUBE_VERSION=1.34`).
 //!
-//! The same scenarios (those of tests/e2e.rs: the context document's manifests, R1 to R5, exceptions, namespace
+//! The same scenarios (those of tests/e2e.rs: the practice guide's manifests, R1 to R5, exceptions, namespace
 //! teardown) run against five set-ups of the admission chain, and every verdict is compared with the webhook's:
 //!
 //! | engine | webhook configurations (chart, url mode) | policies |
@@ -328,7 +328,7 @@ impl Drop for Run {
 
 // === Manifests ===
 
-/// The context document's manifests (`tests/fixtures/context/`), each renamed to its file's stem (several share a
+/// The practice guide's manifests (docs/practice.md, `tests/fixtures/context/`), each renamed to its file's stem (several share a
 /// name) and without a namespace: (stem, default-deny?, YAML).
 fn context_manifests() -> Vec<(String, bool, String)> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/context");
@@ -349,7 +349,7 @@ fn context_manifests() -> Vec<(String, bool, String)> {
         })
         .collect();
     all.sort();
-    assert_eq!(all.len(), 14, "every manifest of the context document");
+    assert_eq!(all.len(), 14, "every manifest of the practice guide");
     all
 }
 
@@ -413,7 +413,7 @@ fn scenarios(r: &Run, engine: Engine) -> Vec<(String, Verdict)> {
     let o = r.kubectl(&["create", "namespace", &ns]);
     step("r4-create", created(&o, &ns));
 
-    // The context document's manifests: allowed in an application namespace (kubectl apply -k) ...
+    // The practice guide's manifests: allowed in an application namespace (kubectl apply -k) ...
     let k = kustomization(&r.cluster.work, &format!("kustomize-{e}"), &ns);
     step("context-apply-k", Verdict::of(&r.kubectl(&["apply", "-k", k.to_str().unwrap()])));
     // ... and each default-deny one refused in kube-system (R1), as a server-side dry run.
@@ -671,7 +671,7 @@ fn audit_records_the_exception(r: &Run) {
     }
 }
 
-/// How many webhook calls a `kubectl apply -k` of the context document's manifests into an application namespace,
+/// How many webhook calls a `kubectl apply -k` of the practice guide's manifests into an application namespace,
 /// then a few namespace label changes, make with and without the chart's matchConditions; and the verdicts are the
 /// same.
 #[test]
@@ -696,7 +696,7 @@ fn match_conditions_spare_webhook_calls() {
         let after_namespace = r.webhook_calls();
         let _ = write!(
             facts,
-            "{}: kubectl apply -k (14 NetworkPolicies of the context document, 13 default-deny): {} webhook calls; \
+            "{}: kubectl apply -k (14 NetworkPolicies of the practice guide, 13 default-deny): {} webhook calls; \
              2 namespace UPDATEs that leave the enable label alone: {} webhook calls. ",
             engine.name(),
             after_apply - before,

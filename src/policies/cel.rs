@@ -62,7 +62,7 @@ pub fn selects_all(obj: &str) -> String {
     )
 }
 
-/// The variables that say whether the NetworkPolicy in `obj` (`object` or `oldObject`) is default-deny (SPEC
+/// The variables that say whether the NetworkPolicy in `obj` (`object` or `oldObject`) is default-deny (docs/design.md
 /// section 3), named `<prefix>SelectsAll`, `<prefix>DefaultDeny`, `<prefix>Kind` (the webhook's words for it) and
 /// so on. Each is false (or empty) when `obj` is null.
 pub fn default_deny_variables(prefix: &str, obj: &str) -> Vec<(String, String)> {

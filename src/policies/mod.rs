@@ -1,4 +1,4 @@
-//! The rules as in-API-server admission policies (SPEC section 8): a ValidatingAdmissionPolicy and binding for each
+//! The rules as in-API-server admission policies (docs/design.md section 8): a ValidatingAdmissionPolicy and binding for each
 //! of R1, R2, R3 and R5, and a MutatingAdmissionPolicy and binding for R4, generated from the same [`Settings`] and
 //! the same words ([`crate::rules::messages`]) as the webhook, so that the API server decides as the webhook does
 //! while no webhook replica answers.

@@ -1,4 +1,4 @@
-//! Which NetworkPolicy is "default-deny": Kubernetes semantics, not names (SPEC section 3).
+//! Which NetworkPolicy is "default-deny": Kubernetes semantics, not names (docs/design.md section 3).
 //!
 //! Only the fields the rules read are decoded. Rules, peers and ports are counted, never built: a policy with 1,000
 //! ingress rules costs no allocation per rule, and the untouched parts of the object are skipped by the parser.

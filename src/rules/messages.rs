@@ -45,8 +45,8 @@ pub fn annotate_hint(kind: &str, name: &str, namespace_flag: &str, reason_key: &
 pub fn r2_delete(namespace: &str, name: &str, deny: &str, hint: &str, void_note: &str) -> String {
     format!(
         "NetworkPolicy {namespace}/{name} is the default-deny policy of namespace {namespace} ({deny}); \
-         deleting it would open every pod there to all traffic. To delete it on purpose, record an \
-         exception first: {hint}{void_note}"
+         deleting it would open every pod there to all traffic.{void_note} To delete it on purpose, record an \
+         exception first: {hint}"
     )
 }
 

@@ -1,7 +1,7 @@
 //! The decision logic: objects in, decision out. No I/O, no async, no clock: the caller passes the time and what
 //! it knows of the policy's namespace, so that `serve` and `check` reach the very same verdicts.
 //!
-//! Each rule of SPEC section 4 lives in one function here: [`Settings::r1_system_namespace`],
+//! Each rule of docs/design.md section 4 lives in one function here: [`Settings::r1_system_namespace`],
 //! [`Settings::r2_delete`], [`Settings::r3_weakening`], [`Settings::r4_label_new_namespace`] and
 //! [`Settings::r5_keep_label`].
 
@@ -25,7 +25,7 @@ pub use system_namespaces::{LabelMatch, SystemNamespaces};
 
 // === Vocabulary ===
 
-/// The rules of SPEC section 4.
+/// The rules of docs/design.md section 4.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RuleId {
     /// No default-deny policy in a system namespace.
@@ -109,7 +109,7 @@ impl fmt::Display for EnableLabel {
     }
 }
 
-/// Everything the rules are configured by (SPEC section 2).
+/// Everything the rules are configured by (docs/design.md section 2).
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub system_namespaces: SystemNamespaces,
@@ -213,7 +213,7 @@ impl<T> Request<'_, T> {
 }
 
 impl Request<'_, NetworkPolicy> {
-    /// `metadata.namespace`, else `request.namespace` (SPEC R1).
+    /// `metadata.namespace`, else `request.namespace` (docs/design.md section 4, R1).
     pub fn policy_namespace(&self) -> &str {
         self.objects().find_map(|o| o.metadata.namespace.as_deref().filter(|n| !n.is_empty())).unwrap_or(self.namespace)
     }
@@ -393,7 +393,12 @@ impl Settings {
                 }
                 match (req.operation, req.old_object) {
                     (Operation::Update, Some(old)) => self.r3_weakening(req, old, object, facts, now),
-                    _ => Decision::allow(None, "not a default-deny policy in a system namespace"),
+                    // Said by what held, so that `check -v` and the debug log never read as "not default-deny"
+                    // for a policy that is.
+                    _ if object.spec.default_deny().is_some() => {
+                        Decision::allow(None, format!("{} is not a system namespace", req.policy_namespace()))
+                    }
+                    _ => Decision::allow(None, "not a default-deny policy"),
                 }
             }
             Operation::Delete => self.r2_delete(req, facts, now),
@@ -551,7 +556,11 @@ impl Settings {
             ),
             None => format!("namespace {shown} labelled {label}"),
         };
-        message.push_str(&void_note(&exception));
+        let void = void_note(&exception);
+        if !void.is_empty() {
+            message.push('.');
+            message.push_str(&void);
+        }
         if self.mode(RuleId::R4) == Mode::Warn {
             let mut d = Decision::allow(Some(RuleId::R4), format!("would label namespace {shown} {label}"));
             d.verdict = Verdict::Warn;
@@ -628,7 +637,8 @@ impl Settings {
     }
 }
 
-/// Tells the user why the exception annotation they set did not count.
+/// Tells the user why the exception annotation they set did not count: a sentence of its own, to follow one that
+/// ends with a full stop.
 fn void_note(exception: &Exception) -> String {
     match exception {
         Exception::Void(why) => messages::void_note(why),

@@ -131,7 +131,7 @@ class RenderError(Exception):
 
 
 @functools.lru_cache(maxsize=None)
-def _render(files: tuple[str, ...], values_json: str, namespace: str, kube_version: str | None,
+def _render(files: tuple[str, ...], values_json: str, namespace: str, kube_version: str,
             show_only: str | None, chart: str, api_versions: tuple[str, ...] = ()) -> str:
     cmd = [helm(), "template", RELEASE, chart, "--namespace", namespace]
     with tempfile.TemporaryDirectory() as tmp:
@@ -141,8 +141,7 @@ def _render(files: tuple[str, ...], values_json: str, namespace: str, kube_versi
             extra = Path(tmp) / "extra-values.yaml"
             extra.write_text(yaml.safe_dump(json.loads(values_json)))
             cmd += ["--values", str(extra)]
-        if kube_version:
-            cmd += ["--kube-version", kube_version]
+        cmd += ["--kube-version", kube_version]
         if show_only:
             cmd += ["--show-only", show_only]
         for a in api_versions:
@@ -153,7 +152,11 @@ def _render(files: tuple[str, ...], values_json: str, namespace: str, kube_versi
     return proc.stdout
 
 
-def render_text(*files: str, values: dict | None = None, namespace: str = NAMESPACE, kube_version: str | None = None,
+# helm template's default version is its own client library's (1.33 for helm 3.18), below the chart's floor.
+KUBE_VERSION = "1.37.0"
+
+
+def render_text(*files: str, values: dict | None = None, namespace: str = NAMESPACE, kube_version: str = KUBE_VERSION,
                 show_only: str | None = None, chart: Path = CHART, api_versions: tuple[str, ...] = ()) -> str:
     """`api_versions`: what the cluster serves beyond helm's defaults (`--api-versions`, e.g.
     `admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy`)."""

@@ -83,8 +83,8 @@ CASES = [
     ("v1beta1-served-1.34", {}, "1.34.4", (VAP, MAP_V1BETA1), ("--kube-version", "1.34")),
     ("r4-warn-1.37", {"apiserverPolicies": {"enabled": True}, "config": {"warn": ["R4"]}}, "1.37.0", (),
      ("--kube-version", "1.37", "--warn", "R4")),
-    ("label-key-only-1.33", {"apiserverPolicies": {"enabled": True}, "config": {"systemNamespaceLabel": "platform/system"}},
-     "1.33.0", (), ("--kube-version", "1.33", "--system-namespace-label", "platform/system")),
+    ("label-key-only-1.36", {"apiserverPolicies": {"enabled": True}, "config": {"systemNamespaceLabel": "platform/system"}},
+     "1.36.0", (), ("--kube-version", "1.36", "--system-namespace-label", "platform/system")),
 ]
 
 
@@ -107,7 +107,7 @@ def test_on_1_34_without_the_beta_api_the_chart_leaves_r4_to_the_webhook():
 
 
 def test_policies_are_off_without_the_api_and_when_disabled():
-    assert rendered_policies(kube_version="1.29.0") == [], "no ValidatingAdmissionPolicy v1 served"
+    assert rendered_policies(kube_version="1.37.0") == [], "helm template alone: no ValidatingAdmissionPolicy served"
     assert rendered_policies(values={"apiserverPolicies": {"enabled": False}}, kube_version="1.37.0",
                              api_versions=(VAP,)) == []
 

@@ -35,7 +35,7 @@ CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "ValidatingWebhookConfigu
                   "MutatingAdmissionPolicyBinding"}
 TEST_CA_PEM = yaml.safe_load((CI / "url-values.yaml").read_text())["webhook"]["caBundle"]
 
-# The metric names of SPEC section 6, which the alerts and the dashboard must use (and no others of ours): the
+# The metric names of docs/design.md section 6, which the alerts and the dashboard must use (and no others of ours): the
 # webhook's, then the reconciler's (docs/reconciler.md, "Metrics").
 WEBHOOK_METRICS = {
     "default_deny_guard_admission_requests_total",
@@ -50,7 +50,7 @@ RECONCILER_METRICS = {
     "default_deny_guard_reconcile_errors_total",
     "default_deny_guard_reconcile_duration_seconds_bucket",
 }
-SPEC_METRICS = WEBHOOK_METRICS | RECONCILER_METRICS | {"default_deny_guard_build_info"}
+CONTRACT_METRICS = WEBHOOK_METRICS | RECONCILER_METRICS | {"default_deny_guard_build_info"}
 
 
 def port_of(addr: str) -> int:
@@ -224,16 +224,15 @@ CHART_CONDITION = {
 }
 
 
-def test_chart_match_conditions_can_be_turned_off_and_are_left_out_before_1_28():
+def test_chart_match_conditions_can_be_turned_off():
     off = render(values={"webhook": {"matchConditions": {"enabled": False}}}).webhooks()
     assert all("matchConditions" not in w for w in off.values())
-    old = render(kube_version="1.27.0").webhooks()
-    assert all("matchConditions" not in w for w in old.values()), "Kubernetes < 1.28 lacks the field"
 
 
-def test_match_conditions_refused_before_kubernetes_1_28():
-    err = render_error("options-values.yaml", kube_version="1.27.0")
-    assert "matchConditions need Kubernetes 1.28+" in err
+def test_kubernetes_below_the_tested_versions_is_refused():
+    # The floor is the oldest version the end-to-end suite runs on (docs/e2e.md).
+    err = render_error(kube_version="1.33.0")
+    assert "chart requires kubeVersion: >=1.34.0-0 which is incompatible with Kubernetes v1.33.0" in err
 
 
 def exempt(webhook: dict) -> list[str]:
@@ -371,7 +370,7 @@ class FakeKubeAPI:
                 outer.requests.append(self.path)
                 path = self.path.split("?")[0].strip("/").split("/")
                 if path == ["version"]:
-                    return self.reply(200, {"major": "1", "minor": "33", "gitVersion": "v1.33.0"})
+                    return self.reply(200, {"major": "1", "minor": "37", "gitVersion": "v1.37.2"})
                 if path == ["api", "v1"]:
                     return self.reply(200, {"kind": "APIResourceList", "groupVersion": "v1", "resources": [
                         {"name": "secrets", "singularName": "secret", "namespaced": True, "kind": "Secret",
@@ -412,8 +411,9 @@ class FakeKubeAPI:
 
 def render_against(api: FakeKubeAPI, tmp_path) -> Rendering:
     import os
-    from conftest import helm
-    proc = subprocess.run([helm(), "template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=server"],
+    from conftest import KUBE_VERSION, helm
+    proc = subprocess.run([helm(), "template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=server",
+                           "--kube-version", KUBE_VERSION],
                           capture_output=True, text=True, timeout=60,
                           env=dict(os.environ, KUBECONFIG=api.kubeconfig(tmp_path)))
     assert proc.returncode == 0, proc.stderr
@@ -680,18 +680,13 @@ def test_hpa():
     assert targets == {"cpu": 70, "memory": 80}
 
 
-def test_the_pause_is_the_servers_own_before_kubernetes_1_29():
+def test_the_pause_is_the_prestop_sleep_action():
     r = render()
-    assert "shutdown-delay" not in r.flags(), "1.29+: the preStop sleep action pauses"
-    r = render(kube_version="1.28.0")
-    assert "lifecycle" not in r.container, "no sleep action before 1.29"
-    assert r.flags()["shutdown-delay"] == "5s", "serve pauses itself: unready at SIGTERM, serving on"
-    assert r.pod["terminationGracePeriodSeconds"] >= 5 + int(r.flags()["shutdown-timeout"].rstrip("s"))
-    r = render(kube_version="1.28.0", values={"preStop": {"enabled": False}})
+    assert "shutdown-delay" not in r.flags(), "the preStop sleep action pauses"
+    assert r.container["lifecycle"]["preStop"]["sleep"]["seconds"] == 5
+    r = render(values={"preStop": {"enabled": False}})
     assert "lifecycle" not in r.container and "shutdown-delay" not in r.flags()
-    assert "unhealthyPodEvictionPolicy" in r.one("PodDisruptionBudget")["spec"]
-    r = render(kube_version="1.26.0", values={"preStop": {"enabled": False}})
-    assert "unhealthyPodEvictionPolicy" not in r.one("PodDisruptionBudget")["spec"], "field is 1.27+"
+    assert r.one("PodDisruptionBudget")["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
 
 
 def test_grace_period_must_cover_the_shutdown():
@@ -732,7 +727,7 @@ def test_no_rbac_and_no_token_without_the_namespace_cache():
 # === The chart's own NetworkPolicy ===
 
 def is_default_deny(spec: dict) -> bool:
-    """SPEC section 3, condition 1: a policy is default-deny only if its podSelector selects every pod."""
+    """docs/design.md section 3, condition 1: a policy is default-deny only if its podSelector selects every pod."""
     sel = spec.get("podSelector") or {}
     return not sel.get("matchLabels") and not sel.get("matchExpressions")
 
@@ -799,8 +794,8 @@ def test_prometheus_rule():
         assert a["annotations"]["summary"] and a["annotations"]["description"], name
         assert "{{ $labels" not in a["expr"]
         used |= metric_names(a["expr"])
-    assert used <= SPEC_METRICS, used - SPEC_METRICS
-    # SPEC section 7: webhook errors, latency, certificate expiry, unprotected namespaces (and denial spikes).
+    assert used <= CONTRACT_METRICS, used - CONTRACT_METRICS
+    # docs/design.md section 7: webhook errors, latency, certificate expiry, unprotected namespaces (and denial spikes).
     expr = {n: a["expr"] for n, a in alerts.items()}
     assert 'decision="error"' in expr["DefaultDenyGuardAdmissionErrors"]
     assert "apiserver_admission_webhook_rejection_count" in expr["DefaultDenyGuardWebhookCallsFailing"]
@@ -845,8 +840,8 @@ def test_dashboard():
                          .replace("$namespace", ".*"))
             promql_ok(concrete)
             used |= metric_names(e)
-    assert used <= SPEC_METRICS, used - SPEC_METRICS
-    # SPEC section 7: decisions by rule, latency percentiles, exceptions used, coverage.
+    assert used <= CONTRACT_METRICS, used - CONTRACT_METRICS
+    # docs/design.md section 7: decisions by rule, latency percentiles, exceptions used, coverage.
     assert any("by (rule, decision)" in e for e in exprs["Decisions by rule"])
     assert [("histogram_quantile(0.5" in e, "histogram_quantile(0.99" in e) for e in exprs["Latency p50 / p99"]] == [
         (True, False), (False, True)]

@@ -89,13 +89,13 @@ API server, Fail otherwise. */}}
 {{- .Values.webhook.validating.failurePolicy | default (ternary "Ignore" "Fail" (eq (include "default-deny-guard.apiserverPolicies.enabled" .) "true")) }}
 {{- end }}
 
-{{/* A webhook's matchConditions: the chart's own (webhook.matchConditions.enabled; Kubernetes 1.28+), so that the
+{{/* A webhook's matchConditions: the chart's own (webhook.matchConditions.enabled), so that the
 API server calls the webhook only for requests that can matter, then the user's. Takes (dict "context" $ "webhook"
 "networkpolicies" "user" LIST). Renders nothing when there are none. */}}
 {{- define "default-deny-guard.webhookMatchConditions" -}}
 {{- $ctx := .context }}
 {{- $conditions := list }}
-{{- if and $ctx.Values.webhook.matchConditions.enabled (semverCompare ">=1.28-0" $ctx.Capabilities.KubeVersion.Version) }}
+{{- if $ctx.Values.webhook.matchConditions.enabled }}
 {{- $conditions = include (printf "default-deny-guard.policies.matchConditions.%s" .webhook) $ctx | fromYamlArray }}
 {{- end }}
 {{- $conditions = concat $conditions .user }}

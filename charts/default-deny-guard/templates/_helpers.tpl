@@ -366,10 +366,6 @@ Settings that would deploy something broken fail the rendering, with the reason 
 {{- fail (printf "reconciler.terminationGracePeriodSeconds (%d) must cover reconciler.shutdownTimeoutSeconds (%d), or running reconciles are cut off" (int $r.terminationGracePeriodSeconds) (int $r.shutdownTimeoutSeconds)) }}
 {{- end }}
 {{- end }}
-{{- $matchConditions := concat .Values.webhook.validating.matchConditions .Values.webhook.mutating.matchConditions }}
-{{- if and $matchConditions (semverCompare "<1.28-0" .Capabilities.KubeVersion.Version) }}
-{{- fail (printf "webhook.*.matchConditions need Kubernetes 1.28+ (this is %s)" .Capabilities.KubeVersion.Version) }}
-{{- end }}
 {{- end }}
 
 {{/*
