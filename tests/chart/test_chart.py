@@ -84,8 +84,9 @@ EXPECTED_KINDS = {
     "reconciler-cronjob-values.yaml": BASE | MONITORING | {"CronJob"},
     "reconciler-off-values.yaml": WEBHOOK | MONITORING,
     "url-values.yaml": {"ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"},
-    # Kubernetes 1.33 (test-chart.sh's default): no MutatingAdmissionPolicy before 1.34.
-    "apiserver-policies-values.yaml": BASE | {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"},
+    # Kubernetes 1.37 (the renderings' version): the MutatingAdmissionPolicy is v1 there.
+    "apiserver-policies-values.yaml": BASE | {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
+                                              "MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding"},
 }
 
 # The reconciler's objects, by mode: (kind, name) and, for the Role and RoleBinding, their namespace `default`.
