@@ -34,10 +34,10 @@ export CGO_ENABLED=0 GOFLAGS="-mod=readonly -trimpath -buildvcs=false"
 build_module() {
   local dir=$1 out=$2 ldflags=$3 t0=$SECONDS log tmp
   shift 3
-  log=$out/../build.log
+  log=$(dirname "$out")/build.log
   tmp=$out.new
   rm -rf "$tmp"; mkdir -p "$tmp"
-  kl_log "building ${*##*/} in $(basename "$dir") with $(go version | cut -d' ' -f3) (log: $(realpath -m "$log"))"
+  kl_log "building ${*##*/} from $(basename "$dir") with $(go version | cut -d' ' -f3) (log: $(realpath -m "$log"))"
   (cd "$dir" && go build -ldflags "-s -w $ldflags" -o "$tmp/" "$@") >"$log" 2>&1 \
     || { tail -40 "$log" >&2; kl_die "build failed (full log: $(realpath -m "$log"))"; }
   rm -rf "$out"; mv "$tmp" "$out"
@@ -48,7 +48,7 @@ build_module() {
 if [ ! -x "$KL_ETCD" ]; then
   build_module "$KL_HERE/modules/etcd-$KL_ETCD_VERSION" "$(dirname "$KL_ETCD")" \
     "-X go.etcd.io/etcd/api/v3/version.GitSHA=$KL_ETCD_VERSION" go.etcd.io/etcd/server/v3
-  mv "$(dirname "$KL_ETCD")/v3" "$KL_ETCD"
+  mv "$(dirname "$KL_ETCD")/server" "$KL_ETCD"  # go build names it after the last path element
 fi
 
 if [ "$(cat "$KL_BIN/.version" 2>/dev/null)" != "$KL_KUBE_VERSION" ]; then

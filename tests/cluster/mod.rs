@@ -232,6 +232,8 @@ pub struct Cluster {
     pub work: PathBuf,
     /// The API server's address, from the kubeconfig.
     pub server: String,
+    /// The API server's audit log (JSON lines), when the control plane writes one (`DDG_E2E_AUDIT_LOG`).
+    pub audit_log: Option<PathBuf>,
     /// Every kubectl call and its output, in order: `WORK/transcript.txt`.
     transcript: Mutex<std::fs::File>,
 }
@@ -272,12 +274,15 @@ impl Cluster {
             std::fs::OpenOptions::new().create(true).append(true).open(work.join("transcript.txt")).unwrap();
         Cluster {
             kubeconfig,
-            kubectl: path_env("DDG_E2E_KUBECTL", cache.join("kube-local/bin/kubectl")),
+            kubectl: std::env::var_os("DDG_E2E_KUBECTL").map(PathBuf::from).unwrap_or_else(|| {
+                panic!("DDG_E2E_KUBECTL is not set: the kubectl of the control plane's version (hack/e2e.sh sets it)")
+            }),
             helm: path_env("DDG_E2E_HELM", cache.join("tools/bin/helm")),
             bin: path_env("DDG_E2E_BIN", PathBuf::from(default_bin)),
             chart: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/charts/default-deny-guard")),
             work,
             server,
+            audit_log: std::env::var_os("DDG_E2E_AUDIT_LOG").map(PathBuf::from),
             transcript: Mutex::new(transcript),
         }
     }
@@ -320,7 +325,14 @@ impl Cluster {
         out
     }
 
-    /// The server's minor version, e.g. 20 for v1.20.2.
+    /// The audit events of the API server so far (its audit log, one JSON object a line).
+    pub fn audit_events(&self) -> Vec<Value> {
+        let path = self.audit_log.as_ref().expect("DDG_E2E_AUDIT_LOG is not set (hack/e2e.sh sets it)");
+        let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    /// The server's minor version, e.g. 37 for v1.37.2.
     pub fn server_minor_version(&self) -> u32 {
         let out = self.kubectl(&["version", "-o", "json"]);
         out.ok();
@@ -356,7 +368,12 @@ impl Cluster {
 
     /// `helm template ... | kubectl apply -f -`: registers (or re-points) the webhooks of `release` at `url`.
     pub fn register(&self, release: &str, url: &str, ca: &Path) {
-        let rendered = self.render_webhook_configurations(release, url, ca, &[]);
+        self.register_with(release, url, ca, &[]);
+    }
+
+    /// `register` with more `helm template` arguments (`--set ...`).
+    pub fn register_with(&self, release: &str, url: &str, ca: &Path, extra: &[&str]) {
+        let rendered = self.render_webhook_configurations(release, url, ca, extra);
         let out = self.kubectl_in(&["apply", "-f", "-"], Some(&rendered));
         out.ok();
         let name = format!("{release}-default-deny-guard");
