@@ -185,9 +185,8 @@ async fn connect(t: &Target) -> Result<Conn, Failure> {
     let tls = t.tls.connect(t.server_name.clone(), tcp).await.map_err(|_| "tls")?;
     let io = hyper_util::rt::TokioIo::new(tls);
     if t.http2 {
-        let (send, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
-            .await
-            .map_err(|_| "io")?;
+        let (send, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.map_err(|_| "io")?;
         tokio::spawn(conn);
         Ok(Conn::H2(send))
     } else {

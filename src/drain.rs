@@ -124,7 +124,6 @@ impl Drain {
     pub fn incoming(&self, listener: TcpListener) -> Incoming {
         Incoming { drain: self.clone(), listener: Some(listener), backlog: None }
     }
-
 }
 
 /// One connection's part in the drain.
@@ -208,7 +207,9 @@ impl Incoming {
         }
         let backlog = self.backlog.as_ref()?;
         match backlog.accept() {
-            Ok((tcp, peer)) => Some(tcp.set_nonblocking(true).and_then(|()| TcpStream::from_std(tcp)).map(|t| (t, peer))),
+            Ok((tcp, peer)) => {
+                Some(tcp.set_nonblocking(true).and_then(|()| TcpStream::from_std(tcp)).map(|t| (t, peer)))
+            }
             Err(e) => {
                 self.backlog = None;
                 (e.kind() != std::io::ErrorKind::WouldBlock).then_some(Err(e))

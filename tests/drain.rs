@@ -95,7 +95,8 @@ fn allowed(answer: &Answer, review: &Review) -> bool {
 async fn log_line(guard: &Guard, prefix: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Some(v) = guard.logs().into_iter().find(|l| l["message"].as_str().is_some_and(|m| m.starts_with(prefix))) {
+        if let Some(v) = guard.logs().into_iter().find(|l| l["message"].as_str().is_some_and(|m| m.starts_with(prefix)))
+        {
             return v;
         }
         assert!(Instant::now() < deadline, "no log line {prefix:?}: {:#?}", guard.logs());
@@ -130,7 +131,10 @@ async fn from_sigterm_every_http1_answer_closes_its_connection() {
     assert!(allowed(&answer, &review));
     assert_eq!(answer.connection.as_deref(), Some("close"));
     assert!(late.ends_within(Duration::from_secs(2)).await);
-    assert!(guard.logs().iter().all(|l| l["message"] != "shutting down: draining in-flight requests"), "still in the delay");
+    assert!(
+        guard.logs().iter().all(|l| l["message"] != "shutting down: draining in-flight requests"),
+        "still in the delay"
+    );
 
     let status = guard.wait_exit(Duration::from_secs(30));
     assert!(status.success(), "{status}");
