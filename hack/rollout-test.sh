@@ -302,8 +302,8 @@ run_cluster() {
   export KUBECONFIG
   KUBECONFIG=$(bash hack/kube-local/up.sh | tail -n 1)
   local kubectl=("$kube_bin/kubectl" --request-timeout=20s)
-  # Every decision logged (--log-allowed), and each connection's protocol (debug lines of the server module).
-  SERVE_EXTRA=(--log-allowed) SERVE_LOG=info,default_deny_guard::server=debug
+  # Every decision and each connection's protocol: the server module's lines down to debug.
+  SERVE_LOG=info,default_deny_guard::server=debug
   rollout cluster
   "$helm" template rollout charts/default-deny-guard --set "webhook.url=https://127.0.0.1:$LB_PORT" \
     --set-file "webhook.caBundle=$WORK/ca-bundle.crt" \
@@ -315,23 +315,27 @@ run_cluster() {
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata:
-  name: allow-same-namespace
+  name: allow-frontend
   namespace: rollout-$w
 spec:
-  podSelector: {}
+  podSelector:
+    matchLabels: {app: web}
   policyTypes: [Ingress]
   ingress:
     - from:
-        - podSelector: {}
+        - podSelector:
+            matchLabels: {app: frontend}
+      ports:
+        - {port: 8080, protocol: TCP}
 EOF
   done
   # Until the API server calls the webhook (its configuration informer): a server-side dry run is reviewed too.
   for _ in $(seq 100); do
     "${kubectl[@]}" apply --dry-run=server -f "$WORK/np-0.yaml" >/dev/null 2>&1 || true
-    cat "$RUN_OUT"/replica-*.log | grep -q '"admission decision"' && break
+    grep -q '"admission decision"' "$RUN_OUT"/replica-*.log && break
     sleep 0.2
   done
-  cat "$RUN_OUT"/replica-*.log | grep -q '"admission decision"' || die "the API server does not call the webhook"
+  grep -q '"admission decision"' "$RUN_OUT"/replica-*.log || die "the API server does not call the webhook"
   rm -f "$WORK/stop"
   local loops=()
   for ((w = 0; w < KUBECTL_LOOPS; w++)); do
