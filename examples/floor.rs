@@ -23,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use clap::Parser;
 use default_deny_guard::cli::LogFormat;
+use default_deny_guard::drain::Drain;
 use default_deny_guard::metrics::Metrics;
 use default_deny_guard::server::{self, ConnectionLimits};
 use default_deny_guard::telemetry;
@@ -76,18 +77,18 @@ fn main() {
         let app = Router::new()
             .route("/validate", post(move |body: Body| answer(body, limit, read_json)))
             .route("/mutate", post(move |body: Body| answer(body, limit, read_json)));
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let drain = Drain::new();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let serving = tokio::spawn(server::serve_https(
             listener,
             acceptor,
             app,
             ConnectionLimits::default(),
-            stop_rx,
+            drain.clone(),
             Duration::from_secs(5),
         ));
         server::shutdown_signal().await;
-        let _ = stop_tx.send(true);
+        drain.close();
         let _ = serving.await;
     });
 }

@@ -13,7 +13,10 @@
 //! ```
 //!
 //! A request is *answered* when the status is 2xx and the body is JSON with `response.allowed`; anything else is
-//! *failed*, by kind: `connect`, `tls`, `io` (the connection broke), `timeout`, `status_NNN`, `bad_answer`.
+//! *failed* (lost), by kind: `connect`, `tls`, `closed` (the connection ended before the answer), `reset`, `io`,
+//! `timeout`, `status_NNN`, `bad_answer`. As with Go's client (the API server's), a request that never left, because
+//! its kept-alive connection had already closed or an HTTP/2 GOAWAY came before its stream, is sent again on a new
+//! connection and counted as `resent`, not failed; an answer with `Connection: close` ends its connection.
 //! `--server-pid PID` adds the server's CPU time (utime and stime of /proc/PID/stat over the measured window) and
 //! memory (VmRSS samples, VmHWM) to the report. `--interval` prints a line per interval, and the JSON report keeps
 //! the timeline (answered, failed and RSS per interval).
@@ -107,6 +110,10 @@ struct Counters {
     answered: AtomicU64,
     allowed: AtomicU64,
     failed: AtomicU64,
+    /// Requests sent again on a new connection because the old one had closed before they left (not failures).
+    resent: AtomicU64,
+    /// Answers that closed their connection (`Connection: close`), as a draining server sends.
+    closed_by_answer: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
 }
 
@@ -124,13 +131,15 @@ struct Plan {
     deadline: Instant,
     /// Requests mode: the measured requests left to start.
     remaining: Option<AtomicU64>,
+    /// Set by SIGINT: start no more requests, finish and report (hack/rollout-test.sh ends a run this way).
+    stop: std::sync::atomic::AtomicBool,
 }
 
 impl Plan {
     /// Whether a worker may start another request.
     fn go(&self) -> bool {
         let now = Instant::now();
-        if now >= self.deadline {
+        if now >= self.deadline || self.stop.load(Ordering::Relaxed) {
             return false;
         }
         match &self.remaining {
@@ -168,55 +177,111 @@ fn parse_url(url: &str) -> Result<(String, u16), String> {
     Ok((host.trim_start_matches('[').trim_end_matches(']').to_owned(), port))
 }
 
-/// Opens a connection; the error is its kind.
-async fn connect(t: &Target) -> Result<Conn, String> {
-    let tcp = TcpStream::connect((t.host.as_str(), t.port)).await.map_err(|_| "connect".to_owned())?;
+/// Opens a connection; the error is its kind. A request that cannot get a connection is lost: Go's client (the API
+/// server's) does not retry a failed dial either.
+async fn connect(t: &Target) -> Result<Conn, Failure> {
+    let tcp = TcpStream::connect((t.host.as_str(), t.port)).await.map_err(|_| "connect")?;
     let _ = tcp.set_nodelay(true);
-    let tls = t.tls.connect(t.server_name.clone(), tcp).await.map_err(|_| "tls".to_owned())?;
+    let tls = t.tls.connect(t.server_name.clone(), tcp).await.map_err(|_| "tls")?;
     let io = hyper_util::rt::TokioIo::new(tls);
     if t.http2 {
-        let (send, conn) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
-            .await
-            .map_err(|_| "io".to_owned())?;
+        let (send, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.map_err(|_| "io")?;
         tokio::spawn(conn);
         Ok(Conn::H2(send))
     } else {
-        let (send, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|_| "io".to_owned())?;
+        let (send, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|_| "io")?;
         tokio::spawn(conn);
         Ok(Conn::H1(send))
     }
 }
 
-/// One request on `conn`; the error is its kind.
-async fn send(conn: &mut Conn, t: &Target, req: &Request) -> Result<bool, String> {
+/// Why a request got no answer.
+enum Failure {
+    /// It never reached the server: the connection had closed (HTTP/1.1) or the server had said GOAWAY before the
+    /// stream (HTTP/2). A client sends it again on a new connection, as Go's (the API server's) does; not a loss.
+    Unsent,
+    /// Sent (or the connection could not be made): lost, by kind.
+    Lost(String),
+}
+
+impl From<&str> for Failure {
+    fn from(kind: &str) -> Self {
+        Failure::Lost(kind.to_owned())
+    }
+}
+
+/// A lost request's kind from hyper's error: `closed` (the connection ended before the answer), `reset`, or `io`.
+fn lost_kind(e: &hyper::Error) -> Failure {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            // A stream above the GOAWAY's last stream id: the server never saw it (RFC 9113, section 6.8).
+            if (h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR))
+                || h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+            {
+                return Failure::Unsent;
+            }
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if matches!(io.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe) {
+                return "reset".into();
+            }
+        }
+        source = s.source();
+    }
+    if e.is_incomplete_message() { "closed".into() } else { "io".into() }
+}
+
+/// An answer: whether it allowed the request, and whether the server ended the connection with it.
+struct Answer {
+    allowed: bool,
+    close: bool,
+}
+
+/// One request on `conn`.
+async fn send(conn: &mut Conn, t: &Target, req: &Request) -> Result<Answer, Failure> {
     let request = hyper::Request::post(format!("{}?timeout=10s", req.path))
         .header(hyper::header::HOST, &t.authority)
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .header(hyper::header::ACCEPT, "application/json")
         .body(Full::new(req.body.clone()))
         .expect("a valid request");
-    let response = match conn {
+    // `ready` fails on a connection that has closed: the request never left, as with Go's `nothingWrittenError`.
+    // `try_send_request` hands back a request that the connection closed under before writing it.
+    let sent = match conn {
         Conn::H1(s) => {
-            s.ready().await.map_err(|_| "io")?;
-            s.send_request(request).await
+            s.ready().await.map_err(|_| Failure::Unsent)?;
+            s.try_send_request(request).await
         }
         Conn::H2(s) => {
-            s.ready().await.map_err(|_| "io")?;
+            s.ready().await.map_err(|_| Failure::Unsent)?;
             let mut request = request;
             *request.version_mut() = hyper::Version::HTTP_2;
             request.headers_mut().remove(hyper::header::HOST);
             *request.uri_mut() = format!("https://{}{}?timeout=10s", t.authority, req.path).parse().unwrap();
-            s.send_request(request).await
+            s.try_send_request(request).await
         }
-    }
-    .map_err(|_| "io")?;
+    };
+    let response = match sent {
+        Ok(response) => response,
+        Err(mut e) => {
+            return Err(if e.take_message().is_some() { Failure::Unsent } else { lost_kind(e.error()) });
+        }
+    };
     let status = response.status();
-    let body = response.into_body().collect().await.map_err(|_| "io")?.to_bytes();
+    let close = response
+        .headers()
+        .get(hyper::header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
+    let body = response.into_body().collect().await.map_err(|e| lost_kind(&e))?.to_bytes();
     if !status.is_success() {
-        return Err(format!("status_{}", status.as_u16()));
+        return Err(Failure::Lost(format!("status_{}", status.as_u16())));
     }
     let v: Value = serde_json::from_slice(&body).map_err(|_| "bad_answer")?;
-    v["response"]["allowed"].as_bool().ok_or_else(|| "bad_answer".to_owned())
+    let allowed = v["response"]["allowed"].as_bool().ok_or("bad_answer")?;
+    Ok(Answer { allowed, close })
 }
 
 /// The HTTP/2 connection that several streams' workers share (--streams), opened by whichever needs it first.
@@ -240,45 +305,74 @@ async fn worker(
         next += 1;
         let measured = Instant::now() >= plan.measure_from;
         let started = Instant::now();
+        // A request that never left is sent again on a new connection, a few times at most (as Go's client does).
+        let mut resent = 0;
         let outcome = tokio::time::timeout(timeout, async {
-            if conn.is_none() {
-                // HTTP/2 streams of one connection share its SendRequest.
-                conn = Some(match &shared {
-                    Some(cell) => {
-                        let mut cell = cell.lock().await;
-                        match cell.as_ref().filter(|s| !s.is_closed()) {
-                            Some(s) => Conn::H2(s.clone()),
-                            None => match connect(&target).await? {
-                                Conn::H2(s) => {
-                                    *cell = Some(s.clone());
-                                    Conn::H2(s)
-                                }
-                                other => other,
-                            },
+            loop {
+                if conn.is_none() {
+                    // HTTP/2 streams of one connection share its SendRequest.
+                    conn = Some(match &shared {
+                        Some(cell) => {
+                            let mut cell = cell.lock().await;
+                            match cell.as_ref().filter(|s| !s.is_closed()) {
+                                Some(s) => Conn::H2(s.clone()),
+                                None => match connect(&target).await? {
+                                    Conn::H2(s) => {
+                                        *cell = Some(s.clone());
+                                        Conn::H2(s)
+                                    }
+                                    other => other,
+                                },
+                            }
+                        }
+                        None => connect(&target).await?,
+                    });
+                }
+                match send(conn.as_mut().expect("connected"), &target, req).await {
+                    Err(Failure::Unsent) if resent < 3 => {
+                        resent += 1;
+                        conn = None;
+                        if let Some(cell) = &shared {
+                            cell.lock().await.take();
                         }
                     }
-                    None => connect(&target).await?,
-                });
+                    Err(Failure::Unsent) => return Err(Failure::Lost("unsent".into())),
+                    other => return other,
+                }
             }
-            send(conn.as_mut().expect("connected"), &target, req).await
         })
         .await
-        .unwrap_or_else(|_| Err("timeout".to_owned()));
+        .unwrap_or_else(|_| Err("timeout".into()));
         let elapsed = started.elapsed();
         if measured {
             counters.sent.fetch_add(1, Ordering::Relaxed);
+            counters.resent.fetch_add(resent, Ordering::Relaxed);
         }
         match outcome {
-            Ok(allowed) => {
+            Ok(answer) => {
                 if measured {
                     counters.answered.fetch_add(1, Ordering::Relaxed);
-                    if allowed {
+                    if answer.allowed {
                         counters.allowed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if answer.close {
+                        counters.closed_by_answer.fetch_add(1, Ordering::Relaxed);
                     }
                     hist.saturating_record(elapsed.as_micros().max(1) as u64);
                 }
+                if answer.close {
+                    // As Go's client does: a `Connection: close` answer is the connection's last.
+                    conn = None;
+                    if let Some(cell) = &shared {
+                        cell.lock().await.take();
+                    }
+                }
             }
-            Err(kind) => {
+            Err(failure) => {
+                let kind = match failure {
+                    Failure::Lost(kind) => kind,
+                    Failure::Unsent => "unsent".to_owned(),
+                };
                 if measured {
                     counters.fail(&kind);
                 }
@@ -428,7 +522,16 @@ fn run(args: Args) -> Result<(), String> {
             measure_from: start + args.warmup,
             deadline: start + args.warmup + duration,
             remaining: args.requests.map(AtomicU64::new),
+            stop: Default::default(),
         });
+        {
+            let plan = plan.clone();
+            tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    plan.stop.store(true, Ordering::Relaxed);
+                }
+            });
+        }
         let counters = Arc::new(Counters::default());
         let mut tasks = Vec::new();
         for c in 0..connections {
@@ -518,6 +621,8 @@ fn run(args: Args) -> Result<(), String> {
             "allowed": counters.allowed.load(Ordering::Relaxed),
             "denied": answered - counters.allowed.load(Ordering::Relaxed),
             "failed": counters.failed.load(Ordering::Relaxed),
+            "resent": counters.resent.load(Ordering::Relaxed),
+            "closed_by_answer": counters.closed_by_answer.load(Ordering::Relaxed),
             "errors": *counters.errors.lock().unwrap(),
             "throughput_rps": throughput,
             "latency_us": {

@@ -4,6 +4,7 @@ pub mod admission;
 pub mod certs;
 pub mod check;
 pub mod cli;
+pub mod drain;
 pub mod metrics;
 pub mod namespaces;
 pub mod policies;

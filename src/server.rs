@@ -14,15 +14,14 @@ use axum::routing::{get, post};
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::admission::{self, NamespaceLookup, Webhook};
 use crate::certs;
 use crate::cli::{NamespaceCacheMode, ServeArgs};
+use crate::drain::Drain;
 use crate::metrics::Metrics;
 use crate::namespaces::NamespaceCache;
 use crate::rules::Settings;
@@ -66,6 +65,7 @@ struct AppState {
     namespaces: Arc<dyn NamespaceLookup>,
     metrics: Metrics,
     ready: AtomicBool,
+    drain: Drain,
     /// `--client-ca` given: the admission endpoints answer only clients with a verified certificate.
     client_cert_required: bool,
     max_body_bytes: usize,
@@ -104,6 +104,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         namespaces,
         metrics: metrics.clone(),
         ready: AtomicBool::new(false),
+        drain: Drain::new(),
         client_cert_required: args.client_ca.is_some(),
         max_body_bytes: args.max_body_bytes,
         request_timeout: args.request_timeout,
@@ -127,7 +128,6 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         });
     }
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let app = router(state.clone());
     let limits = ConnectionLimits {
         handshake: args.handshake_timeout,
@@ -135,19 +135,20 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         max_connections: args.max_connections.max(1),
     };
     let acceptor = TlsAcceptor::from(Arc::new(tls_config));
-    let https = tokio::spawn(serve_https(webhook, acceptor, app, limits, stop_rx.clone(), args.shutdown_timeout));
+    let drain = state.drain.clone();
+    let https = tokio::spawn(serve_https(webhook, acceptor, app, limits, drain.clone(), args.shutdown_timeout));
     let metrics_app = metrics.exporter().clone().router();
-    let mut metrics_stop = stop_rx.clone();
+    let metrics_stop = drain.clone();
     let metrics_server = tokio::spawn(async move {
         let _ = axum::serve(metrics_listener, metrics_app)
-            .with_graceful_shutdown(async move { stopped(&mut metrics_stop).await })
+            .with_graceful_shutdown(async move { metrics_stop.closed().await })
             .await;
     });
 
     shutdown_signal().await;
-    // Unready first, so that the Service stops routing here; serve on for the delay while the API server catches up;
-    // then stop accepting and drain.
-    state.ready.store(false, Ordering::SeqCst);
+    // Unready first, so that the Service stops routing here, and every client told to move; serve on for the delay
+    // while the API server catches up; then stop accepting and finish (src/drain.rs).
+    drain.begin();
     if !args.shutdown_delay.is_zero() {
         tracing::info!(delay = ?args.shutdown_delay, "unready: serving on until the endpoint is gone");
         tokio::select! {
@@ -156,7 +157,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         }
     }
     tracing::info!(timeout = ?args.shutdown_timeout, "shutting down: draining in-flight requests");
-    let _ = stop_tx.send(true);
+    drain.close();
     let _ = https.await;
     let _ = tokio::time::timeout(Duration::from_secs(1), metrics_server).await;
     tracing::info!("stopped");
@@ -224,13 +225,8 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// Resolves when shutdown begins.
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stop| *stop).await;
-}
-
-/// Accepts TLS connections until `stop` turns true, then lets in-flight requests finish (up to `drain`): HTTP/1.1
-/// or HTTP/2 as ALPN settled, every connection and handshake under `limits`, each request handed to `app` with a
+/// Accepts TLS connections until `drain` closes the listener, then lets in-flight requests finish (up to
+/// `timeout`), with the drain's hooks on every connection and answer (src/drain.rs): HTTP/1.1 or HTTP/2 as ALPN settled, every connection and handshake under `limits`, each request handed to `app` with a
 /// [`ClientCertificate`] extension. `serve` runs the webhook with it; the load test's floor server
 /// (`examples/floor.rs`) runs a fixed-answer `app` with it, so that the two differ only in the handlers.
 pub async fn serve_https(
@@ -238,8 +234,8 @@ pub async fn serve_https(
     tls: TlsAcceptor,
     app: Router,
     limits: ConnectionLimits,
-    mut stop: watch::Receiver<bool>,
-    drain: Duration,
+    drain: Drain,
+    timeout: Duration,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper's header timeout also runs while a keep-alive connection waits for its next request: it is the idle
@@ -249,27 +245,28 @@ pub async fn serve_https(
     // The protocol is the one ALPN settled. Sniffing the first bytes instead would wait, untimed, for a client that
     // sends none, and would cost a read on every new connection.
     let (http1, http2) = (builder.clone().http1_only(), builder.http2_only());
-    let graceful = GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut incoming = drain.incoming(listener);
     loop {
         // At the limit, stop accepting: new connections wait in the kernel's backlog rather than being refused.
         let slot = tokio::select! {
             slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
-            _ = stopped(&mut stop) => break,
-        };
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait a little rather than spin.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
+            _ = drain.closed() => match slots.clone().try_acquire_owned() {
+                Ok(slot) => slot,
+                Err(_) => break,
             },
-            _ = stopped(&mut stop) => break,
         };
-        let (tls, app, watcher) = (tls.clone(), app.clone(), graceful.watcher());
+        let (tcp, peer) = match incoming.next().await {
+            Some(Ok(conn)) => conn,
+            Some(Err(e)) => {
+                // Out of file descriptors and the like: wait a little rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            None => break,
+        };
+        let (tls, app, connection) = (tls.clone(), app.clone(), drain.connection());
         let (http1, http2) = (http1.clone(), http2.clone());
         tokio::spawn(async move {
             let _slot = slot;
@@ -312,21 +309,23 @@ pub async fn serve_https(
             } else {
                 http1
             };
+            let answers = connection.answers(h2);
             let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(verified);
                 // The request line as the client sent it: kube-apiserver appends `?timeout=<timeoutSeconds>s`.
                 tracing::debug!(%peer, method = %req.method(), uri = %req.uri(), version = ?req.version(), "request");
-                app.clone().oneshot(req)
+                let (answer, answers) = (app.clone().oneshot(req), answers.clone());
+                async move { answer.await.map(|response| answers.mark(response)) }
             });
             let conn = builder.serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
+            if let Err(e) = connection.serve(conn.into_owned(), h2, limits.handshake).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
     }
-    drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
-        tracing::warn!(timeout = ?drain, "some connections were still busy at the end of the shutdown timeout");
+    drop(incoming);
+    if !drain.finished(timeout).await {
+        tracing::warn!(?timeout, "some connections were still busy at the end of the shutdown timeout");
     }
 }
 
@@ -351,7 +350,7 @@ fn router(state: Arc<AppState>) -> Router {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.ready.load(Ordering::SeqCst) {
+    if state.ready.load(Ordering::SeqCst) && state.drain.serving() {
         "ok".into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
