@@ -115,7 +115,7 @@ finish() {
     sed 's/^/    /' "$facts" >&2
   done
   local durations="" s
-  for s in provision tools build up suite up-own-identity suite-own-identity down; do
+  for s in provision tools build up suite up-own-identity suite-own-identity up-policies suite-policies down; do
     [ -n "${took[$s]:-}" ] && durations+=" $s ${took[$s]}s,"
   done
   printf '[e2e] %s%s in %ss:%s\n' "$result" "${detail:+ ($detail)}" "$((SECONDS - start))" "${durations%,}"
