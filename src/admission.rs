@@ -22,7 +22,7 @@ use serde_json::value::RawValue;
 use crate::rules::default_deny::object_or_null;
 use crate::rules::{
     Decision, ExceptionKeys, Metadata, Namespace, NamespaceFacts, NetworkPolicy, Operation, PolicySpec, Request,
-    RuleId, SetLabel, Settings, Verdict, null_as_default,
+    SetLabel, Settings, Verdict, null_as_default,
 };
 
 pub const API_VERSION_V1: &str = "admission.k8s.io/v1";
@@ -38,10 +38,61 @@ pub enum Webhook {
 }
 
 impl Webhook {
+    pub const ALL: [Webhook; 2] = [Webhook::Validate, Webhook::Mutate];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Webhook::Validate => "validate",
             Webhook::Mutate => "mutate",
+        }
+    }
+}
+
+/// The kind of a review, as far as the webhooks care: a closed set, so that what a client writes in
+/// `request.kind` can never become a metric label of its own (SPEC section 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReviewKind {
+    /// `networking.k8s.io/v1` NetworkPolicy.
+    NetworkPolicy,
+    /// `v1` Namespace.
+    Namespace,
+    /// Any other group, version or kind: allowed untouched.
+    Other,
+}
+
+impl ReviewKind {
+    pub const ALL: [ReviewKind; 3] = [ReviewKind::NetworkPolicy, ReviewKind::Namespace, ReviewKind::Other];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReviewKind::NetworkPolicy => "NetworkPolicy",
+            ReviewKind::Namespace => "Namespace",
+            ReviewKind::Other => "other",
+        }
+    }
+}
+
+/// What a review came to, for the metrics and the log: the verdict, or `Error` for a review denied because its
+/// object could not be read as its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Allow,
+    Patch,
+    Warn,
+    Deny,
+    Error,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 5] = [Outcome::Allow, Outcome::Patch, Outcome::Warn, Outcome::Deny, Outcome::Error];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allow => "allow",
+            Outcome::Patch => "patch",
+            Outcome::Warn => "warn",
+            Outcome::Deny => "deny",
+            Outcome::Error => "error",
         }
     }
 }
@@ -311,9 +362,10 @@ struct StatusOut<'a> {
 pub struct Reviewed {
     pub body: Vec<u8>,
     pub uid: String,
-    /// The request's kind (e.g. `NetworkPolicy`).
-    pub kind: String,
-    pub operation: &'static str,
+    pub kind: ReviewKind,
+    /// `request.kind.kind` as sent (for the log line only: a label would let a client grow the metrics).
+    pub kind_sent: String,
+    pub operation: Operation,
     pub namespace: String,
     pub name: String,
     pub user: String,
@@ -324,10 +376,16 @@ pub struct Reviewed {
 }
 
 impl Reviewed {
-    /// The `decision` label of the metrics: the verdict, or `error` for a review denied because its object could
-    /// not be read.
-    pub fn decision_label(&self) -> &'static str {
-        if self.unreadable { "error" } else { self.decision.verdict.as_str() }
+    pub fn outcome(&self) -> Outcome {
+        if self.unreadable {
+            return Outcome::Error;
+        }
+        match self.decision.verdict {
+            Verdict::Allow => Outcome::Allow,
+            Verdict::Patch => Outcome::Patch,
+            Verdict::Warn => Outcome::Warn,
+            Verdict::Deny => Outcome::Deny,
+        }
     }
 }
 
@@ -419,13 +477,9 @@ fn answer<O: ObjectIn>(
     Ok(Reviewed {
         body,
         uid: req.uid.into_owned(),
-        kind: req.kind.kind.into_owned(),
-        operation: match operation {
-            Operation::Create => "CREATE",
-            Operation::Update => "UPDATE",
-            Operation::Delete => "DELETE",
-            Operation::Connect => "CONNECT",
-        },
+        kind: review_kind(&req.kind),
+        kind_sent: req.kind.kind.into_owned(),
+        operation,
         namespace: judged.namespace,
         name: judged.name,
         user: req.user_info.username.unwrap_or_default().into_owned(),
@@ -445,6 +499,16 @@ struct Judged {
 
 fn is_kind<K: k8s_openapi::Resource>(gvk: &KindIn<'_>) -> bool {
     gvk.group == K::GROUP && gvk.version == K::VERSION && gvk.kind == K::KIND
+}
+
+fn review_kind(gvk: &KindIn<'_>) -> ReviewKind {
+    if is_kind::<NetworkPolicyKind>(gvk) {
+        ReviewKind::NetworkPolicy
+    } else if is_kind::<NamespaceKind>(gvk) {
+        ReviewKind::Namespace
+    } else {
+        ReviewKind::Other
+    }
 }
 
 /// Reads the request's objects as the kind it names and runs the rules registered for `webhook`.
@@ -616,11 +680,6 @@ pub fn label_patch(set: &SetLabel) -> Patch {
         (PointerBuf::from_tokens(["metadata", "labels"]), serde_json::json!({ &set.key: &set.value }))
     };
     Patch(vec![PatchOperation::Add(AddOperation { path, value })])
-}
-
-/// The rule label of the metrics: the rule that decided, or `none`.
-pub fn rule_label(rule: Option<RuleId>) -> &'static str {
-    rule.map_or("none", RuleId::as_str)
 }
 
 #[cfg(test)]

@@ -192,6 +192,20 @@ pub enum Operation {
     Connect,
 }
 
+impl Operation {
+    pub const ALL: [Operation; 4] = [Operation::Create, Operation::Update, Operation::Delete, Operation::Connect];
+
+    /// As the API server writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Create => "CREATE",
+            Operation::Update => "UPDATE",
+            Operation::Delete => "DELETE",
+            Operation::Connect => "CONNECT",
+        }
+    }
+}
+
 /// One admission request, as far as the rules read it.
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a, T> {
