@@ -64,7 +64,7 @@ fn main() {
             let subscriber = telemetry::subscriber(LogFormat::Json, false, std::io::sink);
             tracing::subscriber::with_default(subscriber, || {
                 for _ in 0..iterations {
-                    server::record_decision(&metrics, Webhook::Validate, &reviewed, Duration::from_micros(4));
+                    server::record_decision(&metrics, Webhook::Validate, &reviewed, Duration::from_micros(4), true);
                 }
             });
             println!("{case}: {iterations} decisions recorded");

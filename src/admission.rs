@@ -376,6 +376,13 @@ pub struct Reviewed {
 }
 
 impl Reviewed {
+    /// Whether the decision changes something or needs a person: a denial, a warning, a patch, an exception
+    /// used, an object that could not be read. The rest are plain allows.
+    pub fn notable(&self) -> bool {
+        let d = &self.decision;
+        self.outcome() != Outcome::Allow || d.exception_used || !d.warnings.is_empty()
+    }
+
     pub fn outcome(&self) -> Outcome {
         if self.unreadable {
             return Outcome::Error;

@@ -194,6 +194,12 @@ pub struct ServeArgs {
     /// How long SIGTERM waits for in-flight requests before exiting.
     #[arg(long, env = "DEFAULT_DENY_GUARD_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
+
+    /// Log plain allows at info too. By default a decision is logged at info only when it denies, warns, patches,
+    /// uses an exception or cannot read the object; plain allows are at debug (`RUST_LOG=debug`), since the API
+    /// server's audit log records every request and the metrics count every decision.
+    #[arg(long, env = "DEFAULT_DENY_GUARD_LOG_ALLOWED")]
+    pub log_allowed: bool,
 }
 
 /// How `check` reports.

@@ -70,6 +70,8 @@ struct AppState {
     client_cert_required: bool,
     max_body_bytes: usize,
     request_timeout: Duration,
+    /// `--log-allowed`: plain allows logged at info too.
+    log_allowed: bool,
 }
 
 /// Whether this connection's client presented a certificate that the client CA verified.
@@ -107,6 +109,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         client_cert_required: args.client_ca.is_some(),
         max_body_bytes: args.max_body_bytes,
         request_timeout: args.request_timeout,
+        log_allowed: args.log_allowed,
     });
 
     let webhook = bind(args.addr).await?;
@@ -442,13 +445,22 @@ async fn admit(state: &AppState, webhook: Webhook, request: axum::extract::Reque
                 return bad_request(StatusCode::BAD_REQUEST, "BadRequest", e.to_string());
             }
         };
-    record_decision(metrics, webhook, &reviewed, started.elapsed());
+    record_decision(metrics, webhook, &reviewed, started.elapsed(), state.log_allowed);
     ([(header::CONTENT_TYPE, "application/json")], reviewed.body).into_response()
 }
 
 /// Counts a decision in the metrics and writes its log line (SPEC section 5: uid, kind, namespace/name, operation,
-/// user, decision, rule, latency). Public for the benchmark of its cost (`benches/review.rs`, group `record`).
-pub fn record_decision(metrics: &Metrics, webhook: Webhook, reviewed: &admission::Reviewed, elapsed: Duration) {
+/// user, decision, rule, latency): at info for a decision that changes something or needs a person, at debug for a
+/// plain allow unless `log_allowed`. The API server's audit log records every request and the metrics count every
+/// decision; a line per allowed request would be cost and noise. Public for the benchmark of its cost
+/// (`benches/review.rs`, group `record`).
+pub fn record_decision(
+    metrics: &Metrics,
+    webhook: Webhook,
+    reviewed: &admission::Reviewed,
+    elapsed: Duration,
+    log_allowed: bool,
+) {
     let d = &reviewed.decision;
     let outcome = reviewed.outcome();
     metrics.observe_review(webhook, reviewed.kind, reviewed.operation, outcome, d.rule, elapsed);
@@ -456,23 +468,32 @@ pub fn record_decision(metrics: &Metrics, webhook: Webhook, reviewed: &admission
         metrics.exception_used(reviewed.kind);
     }
     // Strings as `&str` values, not `%` (Display): tracing hands them to the formatter as they are, without a
-    // trip through `fmt::write` each (the line and metrics: 8,807 -> 8,237 instructions, callgrind `record_json`),
-    // and the text format quotes them, so that a reason with spaces stays one `key="value"` field.
-    tracing::info!(
-        uid = reviewed.uid.as_str(),
-        webhook = webhook.as_str(),
-        kind = reviewed.kind_sent.as_str(),
-        namespace = reviewed.namespace.as_str(),
-        name = reviewed.name.as_str(),
-        operation = reviewed.operation.as_str(),
-        user = reviewed.user.as_str(),
-        dry_run = reviewed.dry_run,
-        decision = outcome.as_str(),
-        rule = crate::metrics::rule_label(d.rule),
-        latency_us = elapsed.as_micros() as u64,
-        reason = d.message.as_str(),
-        "admission decision"
-    );
+    // trip through `fmt::write` each, and the text format quotes them, so that a reason with spaces stays one
+    // `key="value"` field.
+    macro_rules! line {
+        ($level:ident) => {
+            tracing::$level!(
+                uid = reviewed.uid.as_str(),
+                webhook = webhook.as_str(),
+                kind = reviewed.kind_sent.as_str(),
+                namespace = reviewed.namespace.as_str(),
+                name = reviewed.name.as_str(),
+                operation = reviewed.operation.as_str(),
+                user = reviewed.user.as_str(),
+                dry_run = reviewed.dry_run,
+                decision = outcome.as_str(),
+                rule = crate::metrics::rule_label(d.rule),
+                latency_us = elapsed.as_micros() as u64,
+                reason = d.message.as_str(),
+                "admission decision"
+            )
+        };
+    }
+    if log_allowed || reviewed.notable() {
+        line!(info);
+    } else {
+        line!(debug);
+    }
 }
 
 /// A request that is not a review to answer: logged, and answered with a `Status` body as the API server would.

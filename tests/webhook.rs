@@ -620,6 +620,48 @@ async fn one_log_line_per_decision_with_the_fields_of_the_spec() {
     assert_eq!(guard.logs().iter().filter(|l| l["message"] == "admission decision").count(), 1);
 }
 
+/// SPEC section 5: a line at info for what changes something or needs a person, none for a plain allow (that is
+/// at debug), unless `--log-allowed`.
+#[tokio::test]
+async fn plain_allows_are_logged_only_with_log_allowed() {
+    for (flags, allow_logged) in [(&["--warn", "R1"][..], false), (&["--warn", "R1", "--log-allowed"][..], true)] {
+        let guard = Guard::start(flags);
+        let client = guard.client();
+        let reviews = [
+            ("/validate", Review::network_policy("CREATE", "production", "a").object(deny_all("production", "a"))),
+            (
+                "/validate",
+                Review::network_policy("DELETE", "production", "e").old(annotate(
+                    deny_all("production", "e"),
+                    EXC,
+                    "SEC-1 migration",
+                )),
+            ),
+            ("/mutate", Review::namespace("CREATE", "new").object(namespace_object("new", json!(null), json!(null)))),
+            ("/validate", Review::network_policy("CREATE", "kube-system", "w").object(deny_all("kube-system", "w"))),
+            ("/validate", Review::network_policy("DELETE", "production", "d").old(deny_all("production", "d"))),
+        ];
+        for (path, review) in &reviews {
+            client.review(&guard, path, &review.json()).await;
+        }
+        // The last review is a denial: once its line is there, every earlier line is too.
+        guard.wait_for_log("for the denial", |l| l["uid"] == reviews[4].1.uid.as_str());
+        let lines: Vec<_> = guard.logs().into_iter().filter(|l| l["message"] == "admission decision").collect();
+        let got: Vec<(&str, &str)> =
+            lines.iter().map(|l| (l["uid"].as_str().unwrap(), l["decision"].as_str().unwrap())).collect();
+        let mut want: Vec<(&str, &str)> = reviews
+            .iter()
+            .zip(["allow", "allow", "patch", "warn", "deny"])
+            .map(|((_, review), decision)| (review.uid.as_str(), decision))
+            .collect();
+        if !allow_logged {
+            want.remove(0);
+        }
+        assert_eq!(got, want, "{flags:?}: {lines:#?}");
+        assert!(lines.iter().all(|l| l["level"] == "INFO"), "{lines:#?}");
+    }
+}
+
 #[tokio::test]
 async fn sigterm_finishes_in_flight_requests_then_exits_0() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
