@@ -17,9 +17,44 @@ use crate::cli::LogFormat;
 pub fn init(format: LogFormat) -> LogGuard {
     // Colours only for a person at a terminal, never into a log file or a collector.
     let ansi = std::io::stderr().is_terminal();
-    let (writer, guard) = BatchedStderr::start();
-    tracing::subscriber::set_global_default(subscriber(format, ansi, writer)).expect("the log subscriber is set once");
-    guard
+    // MEASUREMENT ONLY (issue 14): DDG_LOG_IMPL=stock|stock-format picks tracing-subscriber's JSON format and
+    // tracing-appender's non-blocking writer, or the stock format with our writer.
+    match std::env::var("DDG_LOG_IMPL").as_deref() {
+        Ok("stock") => {
+            let (writer, worker) =
+                tracing_appender::non_blocking::NonBlockingBuilder::default().lossy(false).finish(std::io::stderr());
+            tracing::subscriber::set_global_default(stock_subscriber(format, ansi, writer)).unwrap();
+            let (_, mut guard) = BatchedStderr::start();
+            guard.worker = Some(worker);
+            guard
+        }
+        Ok("stock-format") => {
+            let (writer, guard) = BatchedStderr::start();
+            tracing::subscriber::set_global_default(stock_subscriber(format, ansi, writer)).unwrap();
+            guard
+        }
+        _ => {
+            let (writer, guard) = BatchedStderr::start();
+            tracing::subscriber::set_global_default(subscriber(format, ansi, writer))
+                .expect("the log subscriber is set once");
+            guard
+        }
+    }
+}
+
+/// MEASUREMENT ONLY: tracing-subscriber's own JSON lines, in the shape `JsonLines` writes.
+pub fn stock_subscriber<W>(format: LogFormat, ansi: bool, writer: W) -> Box<dyn Subscriber + Send + Sync>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(ansi);
+    match format {
+        LogFormat::Json => {
+            Box::new(builder.json().flatten_event(true).with_current_span(false).with_span_list(false).finish())
+        }
+        LogFormat::Text => Box::new(builder.finish()),
+    }
 }
 
 /// Lines still waiting for the writer thread past this size make the logging thread wait: back-pressure rather
@@ -57,6 +92,7 @@ struct PendingLines {
 pub struct LogGuard {
     pending: Arc<Pending>,
     thread: Option<std::thread::JoinHandle<()>>,
+    worker: Option<tracing_appender::non_blocking::WorkerGuard>,
 }
 
 impl Drop for LogGuard {
@@ -100,7 +136,7 @@ impl BatchedStderr {
                 }
             })
             .expect("start the log writer thread");
-        (BatchedStderr(pending.clone()), LogGuard { pending, thread: Some(thread) })
+        (BatchedStderr(pending.clone()), LogGuard { pending, thread: Some(thread), worker: None })
     }
 }
 
