@@ -22,10 +22,10 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use clap::Parser;
-use default_deny_guard::cli::LogFormat;
 use default_deny_guard::metrics::Metrics;
 use default_deny_guard::server::{self, ConnectionLimits};
 use default_deny_guard::telemetry;
+use default_deny_guard::telemetry::LogFormat;
 use default_deny_guard::tls::{self, CertificateStore, TlsFiles};
 use tokio::net::TcpListener;
 
@@ -86,7 +86,7 @@ fn main() {
             stop_rx,
             Duration::from_secs(5),
         ));
-        server::shutdown_signal().await;
+        default_deny_guard::signal::shutdown_signal().await;
         let _ = stop_tx.send(true);
         let _ = serving.await;
     });

@@ -21,9 +21,9 @@ mod reviews;
 use std::time::Duration;
 
 use default_deny_guard::admission::{self, Webhook};
-use default_deny_guard::cli::LogFormat;
 use default_deny_guard::metrics::Metrics;
 use default_deny_guard::rules::{Settings, SystemNamespaces};
+use default_deny_guard::telemetry::LogFormat;
 use default_deny_guard::{server, telemetry};
 use reviews::bodies;
 

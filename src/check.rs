@@ -28,8 +28,28 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_saphyr::MessageFormatter as _;
 
-use crate::cli::{CheckArgs, OutputFormat};
 use crate::rules::{Decision, Namespace, NamespaceFacts, NetworkPolicy, Operation, Request, RuleId, Settings, Verdict};
+
+/// How `check` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// A line per finding, then a summary.
+    Text,
+    /// One JSON document: summary, results, skipped documents, errors.
+    Json,
+}
+
+/// What `check` is asked to do.
+#[derive(Debug, Clone)]
+pub struct CheckConfig {
+    pub paths: Vec<PathBuf>,
+    /// The namespace of objects that name none (as `kubectl apply -n`).
+    pub namespace: String,
+    pub output: OutputFormat,
+    /// Report every object judged, not only findings.
+    pub verbose: bool,
+    pub settings: Settings,
+}
 
 /// Exit statuses, as CI reads them.
 pub const EXIT_CLEAN: u8 = 0;
@@ -369,15 +389,8 @@ struct ErrorOut<'a> {
 // === The command ===
 
 /// `default-deny-guard check`: prints the report and returns the exit status.
-pub fn run(args: &CheckArgs) -> ExitCode {
-    let settings = match args.rules.settings() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("default-deny-guard check: {e}");
-            return ExitCode::from(EXIT_UNREADABLE);
-        }
-    };
-    let checker = Checker::new(settings, args.namespace.clone(), Timestamp::now());
+pub fn run(args: &CheckConfig) -> ExitCode {
+    let checker = Checker::new(args.settings.clone(), args.namespace.clone(), Timestamp::now());
     let report = checker.check_paths(&args.paths, &mut io::stdin().lock());
     let (mut out, mut err) = (io::stdout().lock(), io::stderr().lock());
     // A closed pipe (`check ... | head`) is the reader's choice; the exit status still tells the verdict.

@@ -9,5 +9,6 @@ pub mod namespaces;
 pub mod reconcile;
 pub mod rules;
 pub mod server;
+pub mod signal;
 pub mod telemetry;
 pub mod tls;

@@ -11,7 +11,14 @@ use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter};
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::cli::LogFormat;
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// `LEVEL message key=value ...`, for a person.
+    Text,
+}
 
 /// Installs the log subscriber. Keep the guard until the end of `main`: dropping it writes out what is left.
 pub fn init(format: LogFormat) -> LogGuard {
