@@ -75,7 +75,7 @@ impl ReviewKind {
 /// What a review came to, for the metrics and the log: the verdict, or `Error` for a review denied because its
 /// object could not be read as its kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub enum DecisionLabel {
     Allow,
     Patch,
     Warn,
@@ -83,16 +83,17 @@ pub enum Outcome {
     Error,
 }
 
-impl Outcome {
-    pub const ALL: [Outcome; 5] = [Outcome::Allow, Outcome::Patch, Outcome::Warn, Outcome::Deny, Outcome::Error];
+impl DecisionLabel {
+    pub const ALL: [DecisionLabel; 5] =
+        [DecisionLabel::Allow, DecisionLabel::Patch, DecisionLabel::Warn, DecisionLabel::Deny, DecisionLabel::Error];
 
     pub fn as_str(self) -> &'static str {
         match self {
-            Outcome::Allow => "allow",
-            Outcome::Patch => "patch",
-            Outcome::Warn => "warn",
-            Outcome::Deny => "deny",
-            Outcome::Error => "error",
+            DecisionLabel::Allow => "allow",
+            DecisionLabel::Patch => "patch",
+            DecisionLabel::Warn => "warn",
+            DecisionLabel::Deny => "deny",
+            DecisionLabel::Error => "error",
         }
     }
 }
@@ -380,18 +381,18 @@ impl Reviewed {
     /// used, an object that could not be read. The rest are plain allows.
     pub fn notable(&self) -> bool {
         let d = &self.decision;
-        self.outcome() != Outcome::Allow || d.exception_used || !d.warnings.is_empty()
+        self.decision_label() != DecisionLabel::Allow || d.exception_used || !d.warnings.is_empty()
     }
 
-    pub fn outcome(&self) -> Outcome {
+    pub fn decision_label(&self) -> DecisionLabel {
         if self.unreadable {
-            return Outcome::Error;
+            return DecisionLabel::Error;
         }
         match self.decision.verdict {
-            Verdict::Allow => Outcome::Allow,
-            Verdict::Patch => Outcome::Patch,
-            Verdict::Warn => Outcome::Warn,
-            Verdict::Deny => Outcome::Deny,
+            Verdict::Allow => DecisionLabel::Allow,
+            Verdict::Patch => DecisionLabel::Patch,
+            Verdict::Warn => DecisionLabel::Warn,
+            Verdict::Deny => DecisionLabel::Deny,
         }
     }
 }
@@ -496,7 +497,7 @@ fn answer<O: ObjectIn>(
     })
 }
 
-struct Judged {
+struct JudgedRequest {
     decision: Decision,
     namespace: String,
     name: String,
@@ -526,13 +527,13 @@ fn judge<O: ObjectIn>(
     req: &mut RequestIn<'_, O>,
     operation: Operation,
     now: Timestamp,
-) -> Judged {
+) -> JudgedRequest {
     let (object, old_object) = (req.object.take(), req.old_object.take());
     let keys = &settings.exception_keys;
     let request_name = req.name.as_deref().unwrap_or_default();
     let request_namespace = req.namespace.as_deref().unwrap_or_default();
     let user = req.user_info.username.as_deref().unwrap_or_default();
-    let untouched = |why: &str| Judged {
+    let untouched = |why: &str| JudgedRequest {
         decision: Decision::allow(None, why),
         namespace: request_namespace.to_owned(),
         name: request_name.to_owned(),
@@ -561,7 +562,7 @@ fn judge<O: ObjectIn>(
         };
         let namespace = request.policy_namespace();
         let decision = settings.judge_network_policy(&request, facts.facts(settings, namespace), now);
-        return Judged {
+        return JudgedRequest {
             namespace: namespace.to_owned(),
             name: request.object_name().to_owned(),
             decision,
@@ -588,7 +589,7 @@ fn judge<O: ObjectIn>(
             old_object: old_object.as_ref(),
         };
         let decision = judge_ns(settings, &request, now);
-        return Judged {
+        return JudgedRequest {
             namespace: String::new(),
             name: request.object_name().to_owned(),
             decision,
@@ -669,14 +670,14 @@ impl<'de> Input<'de> for &'de str {
 }
 
 /// Fail closed: an object that is not what its kind says is denied, whatever the rule modes.
-fn unreadable(kind: &str, namespace: &str, name: &str, error: String) -> Judged {
+fn unreadable(kind: &str, namespace: &str, name: &str, error: String) -> JudgedRequest {
     let mut decision = Decision::allow(None, String::new());
     decision.verdict = Verdict::Deny;
     decision.message = format!(
         "default-deny-guard cannot read the request's {kind} ({error}), so it cannot tell whether a rule applies; \
          denied to stay safe"
     );
-    Judged { decision, namespace: namespace.to_owned(), name: name.to_owned(), unreadable: true }
+    JudgedRequest { decision, namespace: namespace.to_owned(), name: name.to_owned(), unreadable: true }
 }
 
 /// The JSON Patch that sets R4's label: into the existing `metadata.labels`, or as a new map.

@@ -147,7 +147,7 @@ impl ObjectKind {
 
 /// One object, judged.
 #[derive(Debug, Clone)]
-pub struct Judged {
+pub struct JudgedObject {
     pub place: Place,
     pub kind: ObjectKind,
     /// The policy's namespace (its own, else `--namespace`); none for a Namespace.
@@ -160,7 +160,7 @@ pub struct Judged {
     pub decision: Decision,
 }
 
-impl Judged {
+impl JudgedObject {
     /// What a person reads first: `NetworkPolicy ns/name` or `Namespace name`.
     fn object(&self) -> String {
         match &self.namespace {
@@ -231,13 +231,13 @@ pub struct Report {
     pub files: usize,
     /// Documents parsed (a `List` is one).
     pub documents: usize,
-    pub judged: Vec<Judged>,
+    pub judged: Vec<JudgedObject>,
     pub skipped: Vec<Skipped>,
     pub errors: Vec<InputError>,
 }
 
 impl Report {
-    fn count(&self, pred: impl Fn(&Judged) -> bool) -> usize {
+    fn count(&self, pred: impl Fn(&JudgedObject) -> bool) -> usize {
         self.judged.iter().filter(|j| pred(j)).count()
     }
 
@@ -309,7 +309,7 @@ impl Report {
                 labels: self.count(|j| j.decision.verdict == Verdict::Patch),
                 errors: self.errors.len(),
             },
-            results: self.judged.iter().map(Judged::to_out).collect(),
+            results: self.judged.iter().map(JudgedObject::to_out).collect(),
             skipped: self
                 .skipped
                 .iter()
@@ -538,7 +538,7 @@ impl Checker {
     }
 
     /// The CREATE that `kubectl apply` sends for a new policy.
-    pub fn judge_policy(&self, place: Place, policy: &NetworkPolicy) -> Judged {
+    pub fn judge_policy(&self, place: Place, policy: &NetworkPolicy) -> JudgedObject {
         let meta = &policy.metadata;
         let request = Request {
             operation: Operation::Create,
@@ -550,7 +550,7 @@ impl Checker {
         };
         // Offline there is no namespace cache: the system namespaces are the configured names.
         let decision = self.settings.judge_network_policy(&request, NamespaceFacts::default(), self.now);
-        Judged {
+        JudgedObject {
             place,
             kind: ObjectKind::NetworkPolicy,
             namespace: Some(request.policy_namespace().to_owned()),
@@ -562,7 +562,7 @@ impl Checker {
     }
 
     /// The CREATE of a new namespace: whether R4 labels it.
-    pub fn judge_namespace(&self, place: Place, ns: &Namespace) -> Judged {
+    pub fn judge_namespace(&self, place: Place, ns: &Namespace) -> JudgedObject {
         let meta = &ns.metadata;
         let request = Request {
             operation: Operation::Create,
@@ -572,7 +572,7 @@ impl Checker {
             object: Some(ns),
             old_object: None,
         };
-        Judged {
+        JudgedObject {
             place,
             kind: ObjectKind::Namespace,
             namespace: None,

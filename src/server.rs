@@ -493,8 +493,8 @@ pub fn record_decision(
     log_allowed: bool,
 ) {
     let d = &reviewed.decision;
-    let outcome = reviewed.outcome();
-    metrics.observe_review(webhook, reviewed.kind, reviewed.operation, outcome, d.rule, elapsed);
+    let decision = reviewed.decision_label();
+    metrics.observe_review(webhook, reviewed.kind, reviewed.operation, decision, d.rule, elapsed);
     if d.exception_used {
         metrics.exception_used(reviewed.kind);
     }
@@ -512,7 +512,7 @@ pub fn record_decision(
                 operation = reviewed.operation.as_str(),
                 user = reviewed.user.as_str(),
                 dry_run = reviewed.dry_run,
-                decision = outcome.as_str(),
+                decision = decision.as_str(),
                 rule = crate::metrics::rule_label(d.rule),
                 latency_us = elapsed.as_micros() as u64,
                 reason = d.message.as_str(),
