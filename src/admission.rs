@@ -454,7 +454,8 @@ fn answer<O: ObjectIn>(
         KubeOperation::Delete => Operation::Delete,
         KubeOperation::Connect => Operation::Connect,
     };
-    let judged = judge(settings, facts, webhook, &mut req, operation, now);
+    let kind = review_kind(&req.kind);
+    let judged = judge(settings, facts, webhook, kind, &mut req, operation, now);
 
     let patch = judged.decision.set_label.as_ref().map(|set| {
         let bytes = serde_json::to_vec(&label_patch(set)).expect("a JSON Patch always serializes");
@@ -485,7 +486,7 @@ fn answer<O: ObjectIn>(
     Ok(Reviewed {
         body,
         uid: req.uid.into_owned(),
-        kind: review_kind(&req.kind),
+        kind,
         kind_sent: req.kind.kind.into_owned(),
         operation,
         namespace: judged.namespace,
@@ -524,6 +525,7 @@ fn judge<O: ObjectIn>(
     settings: &Settings,
     facts: &dyn NamespaceLookup,
     webhook: Webhook,
+    kind: ReviewKind,
     req: &mut RequestIn<'_, O>,
     operation: Operation,
     now: Timestamp,
@@ -544,7 +546,7 @@ fn judge<O: ObjectIn>(
         return untouched("subresource requests are not judged");
     }
 
-    if is_kind::<NetworkPolicyKind>(&req.kind) {
+    if kind == ReviewKind::NetworkPolicy {
         if webhook != Webhook::Validate {
             return untouched("NetworkPolicies are judged by /validate");
         }
@@ -570,7 +572,7 @@ fn judge<O: ObjectIn>(
         };
     }
 
-    if is_kind::<NamespaceKind>(&req.kind) {
+    if kind == ReviewKind::Namespace {
         let judge_ns: fn(&Settings, &Request<'_, Namespace>, Timestamp) -> Decision = match (webhook, operation) {
             (Webhook::Validate, Operation::Update) => Settings::judge_namespace_update,
             (Webhook::Mutate, Operation::Create) => Settings::judge_namespace_create,
