@@ -61,11 +61,7 @@ fn main() {
             let reviewed =
                 admission::review(&settings, &(), Webhook::Validate, &bodies::networkpolicy_create(), now()).unwrap();
             let metrics = Metrics::new();
-            let subscriber = if std::env::var("DDG_LOG_IMPL").is_ok_and(|v| v.starts_with("stock")) {
-                telemetry::stock_subscriber(LogFormat::Json, false, std::io::sink)
-            } else {
-                telemetry::subscriber(LogFormat::Json, false, std::io::sink)
-            };
+            let subscriber = telemetry::subscriber(LogFormat::Json, false, std::io::sink);
             tracing::subscriber::with_default(subscriber, || {
                 for _ in 0..iterations {
                     server::record_decision(&metrics, Webhook::Validate, &reviewed, Duration::from_micros(4), true);

@@ -9,7 +9,6 @@ use clap::Parser;
 use default_deny_guard::cli::{Cli, Command};
 use default_deny_guard::metrics::Metrics;
 use default_deny_guard::server::{self, AppState};
-use default_deny_guard::telemetry::JsonLines;
 use http_body_util::BodyExt;
 use serde_json::Value;
 use tower::ServiceExt;
@@ -56,10 +55,14 @@ impl App {
             req = req.header("content-type", ct);
         }
         let lines = Lines(self.logs.clone());
+        // serve's JSON lines, at info whatever RUST_LOG says.
         let subscriber = tracing_subscriber::fmt()
             .with_max_level(tracing::Level::INFO)
             .with_ansi(false)
-            .event_format(JsonLines)
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
             .with_writer(move || lines.clone())
             .finish();
         let resp =
