@@ -6,9 +6,12 @@
 //! section 4). The answer is written here too: kube's `AdmissionResponse` sends the patch as a JSON array of numbers
 //! rather than base64, and its `invalid()` answers with an empty uid and always `admission.k8s.io/v1`, which
 //! kube-apiserver counts as a failed call. kube's `Operation` is used as it is.
+//!
+//! By concern: [`wire`], the review and the answer as they go over the wire; [`decode`], the one-pass decoder and
+//! the decoding that says where it failed; here, the answer to a review: which rules run and what is sent back.
 
-use std::borrow::Cow;
-use std::collections::BTreeMap;
+mod decode;
+mod wire;
 
 use jiff::Timestamp;
 use json_patch::jsonptr::PointerBuf;
@@ -16,14 +19,13 @@ use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::Namespace as NamespaceKind;
 use k8s_openapi::api::networking::v1::NetworkPolicy as NetworkPolicyKind;
 use kube::core::admission::Operation as KubeOperation;
-use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::rules::default_deny::object_or_null;
 use crate::rules::{
-    Decision, ExceptionKeys, Metadata, Namespace, NamespaceFacts, NetworkPolicy, Operation, PolicySpec, Request,
-    SetLabel, Settings, Verdict, null_as_default,
+    Decision, ExceptionKeys, Namespace, NamespaceFacts, NetworkPolicy, Operation, Request, SetLabel, Settings, Verdict,
 };
+use decode::{AnyObject, Kind, ObjectIn, decode};
+use wire::{KindIn, RequestIn, ResponseOut, ReviewIn, ReviewOut, StatusOut};
 
 pub const API_VERSION_V1: &str = "admission.k8s.io/v1";
 pub const API_VERSION_V1BETA1: &str = "admission.k8s.io/v1beta1";
@@ -123,239 +125,6 @@ pub enum ReviewError {
     NoRequest,
     #[error("the AdmissionReview's request has no uid")]
     NoUid,
-}
-
-// === The review as kube-apiserver sends it ===
-
-/// The review, with its objects as `O`: [`AnyObject`] when read in one pass, raw JSON in the two-pass fallback.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-#[serde(bound(deserialize = "O: Deserialize<'de>"))]
-struct ReviewIn<'a, O> {
-    #[serde(default, borrow)]
-    api_version: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    kind: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    request: Option<RequestIn<'a, O>>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-#[serde(bound(deserialize = "O: Deserialize<'de>"))]
-struct RequestIn<'a, O> {
-    #[serde(default, borrow)]
-    uid: Cow<'a, str>,
-    #[serde(borrow)]
-    kind: KindIn<'a>,
-    #[serde(default, borrow)]
-    sub_resource: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    name: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    namespace: Option<Cow<'a, str>>,
-    operation: KubeOperation,
-    #[serde(default, borrow)]
-    user_info: UserInfoIn<'a>,
-    #[serde(default)]
-    object: Option<O>,
-    #[serde(default)]
-    old_object: Option<O>,
-    #[serde(default)]
-    dry_run: Option<bool>,
-}
-
-/// An object read in the envelope's own pass, before its kind is known: the fields of a NetworkPolicy, of which a
-/// Namespace reads the metadata. Decoded as [`crate::rules::NetworkPolicy`] is, but for the annotations' values
-/// (see [`MetadataIn`]).
-///
-/// Why: reading the objects as raw JSON and then again as their kind scans every byte of them twice; this single
-/// pass takes a typical NetworkPolicy CREATE from ~71,000 to ~50,000 instructions (callgrind,
-/// `examples/profile_review`), and the 1,000-rule UPDATE from 28.7 to 16.9 million.
-/// An object that does not read as this (a Namespace whose `spec` a NetworkPolicy's could not be, a deeper object
-/// than the parser's depth limit allows inside the envelope, any error at all) sends the whole review down the
-/// two-pass path, whose answer, error messages included, is the reference: the fast path may refuse more, never
-/// accept more (`tests::one_pass_answers_as_two_passes` compares them).
-#[derive(Deserialize)]
-struct AnyObject<'a> {
-    #[serde(default, borrow, deserialize_with = "object_or_null")]
-    metadata: MetadataIn<'a>,
-    #[serde(default, deserialize_with = "object_or_null")]
-    spec: PolicySpec,
-}
-
-/// [`Metadata`] as the one pass reads it: the same fields and the same rules (keep the two in step; building a
-/// `Metadata` from it names every field), except that each annotation's value is kept as raw JSON and only the
-/// exception keys' values are decoded, in [`MetadataIn::into_metadata`].
-///
-/// Why: `kubectl.kubernetes.io/last-applied-configuration` is the whole object again as an escaped string;
-/// unescaping it into a `String` that no rule reads took seven reallocations of the parser's scratch buffer and
-/// ~6,000 of a typical CREATE's ~50,000 instructions.
-#[derive(Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct MetadataIn<'a> {
-    #[serde(default, deserialize_with = "null_as_default")]
-    name: String,
-    #[serde(default, deserialize_with = "null_as_default")]
-    generate_name: String,
-    #[serde(default)]
-    namespace: Option<String>,
-    #[serde(default, deserialize_with = "null_as_default")]
-    labels: BTreeMap<String, String>,
-    #[serde(default, borrow, deserialize_with = "null_as_default")]
-    annotations: RawAnnotations<'a>,
-    #[serde(default)]
-    deletion_timestamp: Option<String>,
-}
-
-/// Annotations with their values as raw JSON, in document order.
-#[derive(Default)]
-struct RawAnnotations<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for RawAnnotations<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visitor<'a> {
-            type Value = RawAnnotations<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a map of strings")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut entries = Vec::new();
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                    let value: &'de RawValue = map.next_value()?;
-                    // What a `String` would not take must not pass here either. JSON syntax and control
-                    // characters the parser checked while skipping the value, but not lone surrogates (`\ud800`):
-                    // a value with a `\u` escape is decoded here to be sure.
-                    let text = value.get();
-                    let string = text.starts_with('"')
-                        && (!text.contains("\\u") || serde_json::from_str::<String>(text).is_ok());
-                    if !string {
-                        return Err(serde::de::Error::custom("an annotation's value is not a string"));
-                    }
-                    entries.push((key, value));
-                }
-                Ok(RawAnnotations(entries))
-            }
-        }
-        d.deserialize_map(Visitor(std::marker::PhantomData))
-    }
-}
-
-impl MetadataIn<'_> {
-    /// The rules' `Metadata`, with the annotations they read: the exception keys (a key given twice: the last
-    /// wins, as in a map).
-    fn into_metadata(self, keys: &ExceptionKeys) -> Metadata {
-        let mut annotations = BTreeMap::new();
-        for (key, value) in self.annotations.0 {
-            if *key == *keys.reason || *key == *keys.expires {
-                let value: String = serde_json::from_str(value.get()).expect("checked to be a string");
-                annotations.insert(key.into_owned(), value);
-            }
-        }
-        Metadata {
-            name: self.name,
-            generate_name: self.generate_name,
-            namespace: self.namespace,
-            labels: self.labels,
-            annotations,
-            deletion_timestamp: self.deletion_timestamp,
-        }
-    }
-}
-
-/// How an object field turns into the kind that the request names.
-trait ObjectIn {
-    /// `field`: `object` or `oldObject`, for the error message.
-    fn read_as<K: Kind>(self, field: &str, keys: &ExceptionKeys) -> Result<K, String>;
-}
-
-impl ObjectIn for AnyObject<'_> {
-    fn read_as<K: Kind>(self, _: &str, keys: &ExceptionKeys) -> Result<K, String> {
-        Ok(K::from_parts(self.metadata.into_metadata(keys), self.spec))
-    }
-}
-
-impl ObjectIn for &RawValue {
-    fn read_as<K: Kind>(self, field: &str, _: &ExceptionKeys) -> Result<K, String> {
-        decode(self.get()).map_err(|e| match e.path {
-            Some(path) => format!("{field}.{path}: {}", e.error),
-            None => format!("{field}: {}", e.error),
-        })
-    }
-}
-
-/// kube's `GroupVersionKind`, read the same way (same fields, same name in error messages), borrowing its text
-/// instead of allocating three strings per review.
-#[derive(Deserialize)]
-#[serde(rename = "GroupVersionKind")]
-struct KindIn<'a> {
-    #[serde(borrow)]
-    group: Cow<'a, str>,
-    #[serde(borrow)]
-    version: Cow<'a, str>,
-    #[serde(borrow)]
-    kind: Cow<'a, str>,
-}
-
-/// The kinds the rules read.
-trait Kind: for<'de> Deserialize<'de> {
-    fn from_parts(metadata: Metadata, spec: PolicySpec) -> Self;
-}
-
-impl Kind for NetworkPolicy {
-    fn from_parts(metadata: Metadata, spec: PolicySpec) -> Self {
-        NetworkPolicy { metadata, spec }
-    }
-}
-
-impl Kind for Namespace {
-    fn from_parts(metadata: Metadata, _: PolicySpec) -> Self {
-        Namespace { metadata }
-    }
-}
-
-#[derive(Default, Deserialize)]
-struct UserInfoIn<'a> {
-    #[serde(default, borrow)]
-    username: Option<Cow<'a, str>>,
-}
-
-// === The answer ===
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ReviewOut<'a> {
-    api_version: &'a str,
-    kind: &'static str,
-    response: ResponseOut<'a>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ResponseOut<'a> {
-    uid: &'a str,
-    allowed: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    status: Option<StatusOut<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    patch_type: Option<&'static str>,
-    /// Standard base64 of the JSON Patch, the API's encoding of `[]byte`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    patch: Option<k8s_openapi::ByteString>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    audit_annotations: &'a BTreeMap<String, String>,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    warnings: &'a [String],
-}
-
-/// A `metav1.Status`, as kube-apiserver reads it from a denial.
-#[derive(Serialize)]
-struct StatusOut<'a> {
-    status: &'static str,
-    code: u16,
-    reason: &'static str,
-    message: &'a str,
 }
 
 /// One review, answered: the response body and what the log line and the metrics say about it.
@@ -610,65 +379,6 @@ fn read_objects<K: Kind, O: ObjectIn>(
 ) -> Result<(Option<K>, Option<K>), String> {
     let read = |o: Option<O>, field| o.map(|o| o.read_as(field, keys)).transpose();
     Ok((read(object, "object")?, read(old_object, "oldObject")?))
-}
-
-/// A decoding error and where it happened (`None`: at the top).
-struct DecodeError {
-    path: Option<String>,
-    error: String,
-}
-
-impl std::fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.path {
-            Some(path) => write!(f, "{path}: {}", self.error),
-            None => f.write_str(&self.error),
-        }
-    }
-}
-
-/// Decodes JSON, and on failure says where. The path is only tracked
-/// when decoding has failed, since tracking it costs an allocation per object key on the fast path.
-fn decode<'de, T: Deserialize<'de>>(input: impl Input<'de>) -> Result<T, DecodeError> {
-    input.parse().map_err(|first| {
-        let mut de = input.deserializer();
-        let tracked: Result<T, _> = serde_path_to_error::deserialize(&mut de);
-        match tracked {
-            Err(e) => {
-                let path = e.path().to_string();
-                DecodeError { path: (path != ".").then_some(path), error: e.into_inner().to_string() }
-            }
-            // Trailing characters: the tracked run stops before them.
-            Ok(_) => DecodeError { path: None, error: first.to_string() },
-        }
-    })
-}
-
-/// JSON input: bytes, or text already known to be UTF-8 (which the parser then does not check again).
-trait Input<'de>: Copy {
-    type Read: serde_json::de::Read<'de>;
-    fn parse<T: Deserialize<'de>>(self) -> serde_json::Result<T>;
-    fn deserializer(self) -> serde_json::Deserializer<Self::Read>;
-}
-
-impl<'de> Input<'de> for &'de [u8] {
-    type Read = serde_json::de::SliceRead<'de>;
-    fn parse<T: Deserialize<'de>>(self) -> serde_json::Result<T> {
-        serde_json::from_slice(self)
-    }
-    fn deserializer(self) -> serde_json::Deserializer<Self::Read> {
-        serde_json::Deserializer::from_slice(self)
-    }
-}
-
-impl<'de> Input<'de> for &'de str {
-    type Read = serde_json::de::StrRead<'de>;
-    fn parse<T: Deserialize<'de>>(self) -> serde_json::Result<T> {
-        serde_json::from_str(self)
-    }
-    fn deserializer(self) -> serde_json::Deserializer<Self::Read> {
-        serde_json::Deserializer::from_str(self)
-    }
 }
 
 /// Fail closed: an object that is not what its kind says is denied, whatever the rule modes.
