@@ -8,9 +8,9 @@ mod reviews;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use default_deny_guard::admission::{self, Webhook};
-use default_deny_guard::cli::LogFormat;
 use default_deny_guard::metrics::Metrics;
 use default_deny_guard::rules::{Settings, SystemNamespaces};
+use default_deny_guard::telemetry::LogFormat;
 use default_deny_guard::{server, telemetry};
 use reviews::bodies;
 
@@ -65,13 +65,13 @@ fn bench(c: &mut Criterion) {
     let metrics = Metrics::new();
     let elapsed = std::time::Duration::from_micros(4);
     group.bench_function("metrics_only", |b| {
-        b.iter(|| server::record_decision(&metrics, Webhook::Validate, &reviewed, elapsed))
+        b.iter(|| server::record_decision(&metrics, Webhook::Validate, &reviewed, elapsed, true))
     });
     for (name, format) in [("metrics_and_json_log", LogFormat::Json), ("metrics_and_text_log", LogFormat::Text)] {
         let subscriber = telemetry::subscriber(format, false, std::io::sink);
         tracing::subscriber::with_default(subscriber, || {
             group.bench_function(name, |b| {
-                b.iter(|| server::record_decision(&metrics, Webhook::Validate, &reviewed, elapsed))
+                b.iter(|| server::record_decision(&metrics, Webhook::Validate, &reviewed, elapsed, true))
             });
         });
     }

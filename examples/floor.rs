@@ -22,11 +22,11 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use clap::Parser;
-use default_deny_guard::cli::LogFormat;
 use default_deny_guard::drain::Drain;
 use default_deny_guard::metrics::Metrics;
 use default_deny_guard::server::{self, ConnectionLimits};
 use default_deny_guard::telemetry;
+use default_deny_guard::telemetry::LogFormat;
 use default_deny_guard::tls::{self, CertificateStore, TlsFiles};
 use tokio::net::TcpListener;
 
@@ -87,7 +87,7 @@ fn main() {
             drain.clone(),
             Duration::from_secs(5),
         ));
-        server::shutdown_signal().await;
+        default_deny_guard::signal::shutdown_signal().await;
         drain.close();
         let _ = serving.await;
     });

@@ -21,9 +21,9 @@ mod reviews;
 use std::time::Duration;
 
 use default_deny_guard::admission::{self, Webhook};
-use default_deny_guard::cli::LogFormat;
 use default_deny_guard::metrics::Metrics;
 use default_deny_guard::rules::{Settings, SystemNamespaces};
+use default_deny_guard::telemetry::LogFormat;
 use default_deny_guard::{server, telemetry};
 use reviews::bodies;
 
@@ -64,7 +64,7 @@ fn main() {
             let subscriber = telemetry::subscriber(LogFormat::Json, false, std::io::sink);
             tracing::subscriber::with_default(subscriber, || {
                 for _ in 0..iterations {
-                    server::record_decision(&metrics, Webhook::Validate, &reviewed, Duration::from_micros(4));
+                    server::record_decision(&metrics, Webhook::Validate, &reviewed, Duration::from_micros(4), true);
                 }
             });
             println!("{case}: {iterations} decisions recorded");

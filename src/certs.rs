@@ -27,8 +27,6 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
-use crate::cli::CertsArgs;
-
 pub const CA_FILE: &str = "ca.crt";
 pub const CERT_FILE: &str = "tls.crt";
 pub const KEY_FILE: &str = "tls.key";
@@ -248,7 +246,25 @@ pub fn ensure_dev(dir: &Path) -> Result<DevCertificate, CertError> {
 
 /// `default-deny-guard certs`: writes the set, prints the caBundle on stdout (so that `$(...)` captures it) and
 /// what was done on stderr.
-pub fn run(args: &CertsArgs) -> ExitCode {
+/// What `certs` is asked to make.
+#[derive(Debug, Clone)]
+pub struct CertsConfig {
+    /// The directory the files are written to.
+    pub out: PathBuf,
+    /// The webhook's Service and its namespace: the certificate's DNS names.
+    pub service: String,
+    pub namespace: String,
+    /// IP addresses the certificate is for too.
+    pub ip: Vec<IpAddr>,
+    pub cluster_domain: String,
+    pub days: u32,
+    /// Replace files that exist.
+    pub force: bool,
+    /// Where the caBundle goes (base64 of the CA's PEM), instead of stdout.
+    pub ca_bundle_out: Option<PathBuf>,
+}
+
+pub fn run(args: &CertsConfig) -> ExitCode {
     match issue(args) {
         Ok(report) => {
             if args.ca_bundle_out.is_none() {
@@ -269,7 +285,7 @@ struct Issued {
     notes: String,
 }
 
-fn issue(args: &CertsArgs) -> Result<Issued, CertError> {
+fn issue(args: &CertsConfig) -> Result<Issued, CertError> {
     let subject = Subject::for_service(&args.service, &args.namespace, &args.cluster_domain, &args.ip, args.days)?;
     let set = CertificateSet::generate(&subject)?;
     // Checked before the set is written, so that a refusal writes nothing at all.

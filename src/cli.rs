@@ -1,14 +1,24 @@
 //! The command line: one binary, a subcommand per job (docs/design.md section 1). Every flag is also an environment
 //! variable `DEFAULT_DENY_GUARD_<FLAG>`, so that a Deployment can configure it either way.
+//!
+//! The top of the program: flags in, each subcommand's plain configuration out (`ServeArgs::config` and the
+//! like). No library module knows of clap or of this module.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::PossibleValue;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::reconcile::desired::{Labels, PolicyTypes};
+use crate::certs::CertsConfig;
+use crate::check::{CheckConfig, OutputFormat};
+use crate::reconcile::ReconcileConfig;
+use crate::reconcile::controller::Timing;
+use crate::reconcile::desired::{DnsAllowance, Labels, PolicyTypes};
 use crate::rules::{self, EnableLabel, ExceptionKeys, LabelMatch, RuleId, Settings, SystemNamespaces};
+use crate::server::{NamespaceCacheMode, ServeConfig, ServeError};
+use crate::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
 #[command(name = "default-deny-guard", version, about = "Keeps default-deny NetworkPolicies where they belong")]
@@ -21,10 +31,17 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Json,
-    Text,
+impl ValueEnum for LogFormat {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[LogFormat::Json, LogFormat::Text]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(PossibleValue::new(match self {
+            LogFormat::Json => "json",
+            LogFormat::Text => "text",
+        }))
+    }
 }
 
 // Parsed once at start-up: the size of the largest variant costs nothing worth boxing for.
@@ -110,15 +127,23 @@ impl RuleArgs {
     }
 }
 
-/// Whether `serve` watches namespaces through the Kubernetes API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum NamespaceCacheMode {
-    /// When a cluster configuration is found (in-cluster, or KUBECONFIG / ~/.kube/config).
-    Auto,
-    /// Always: fail to start without a cluster configuration.
-    On,
-    /// Never: teardown is recognised by the trusted deleters' names only.
-    Off,
+impl ValueEnum for NamespaceCacheMode {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[NamespaceCacheMode::Auto, NamespaceCacheMode::On, NamespaceCacheMode::Off]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(match self {
+            NamespaceCacheMode::Auto => PossibleValue::new("auto")
+                .help("When a cluster configuration is found (in-cluster, or KUBECONFIG / ~/.kube/config)"),
+            NamespaceCacheMode::On => {
+                PossibleValue::new("on").help("Always: fail to start without a cluster configuration")
+            }
+            NamespaceCacheMode::Off => {
+                PossibleValue::new("off").help("Never: teardown is recognised by the trusted deleters' names only")
+            }
+        })
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -197,15 +222,27 @@ pub struct ServeArgs {
     /// How long SIGTERM waits for in-flight requests before exiting.
     #[arg(long, env = "DEFAULT_DENY_GUARD_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
+
+    /// Log plain allows at info too. By default a decision is logged at info only when it denies, warns, patches,
+    /// uses an exception or cannot read the object; plain allows are at debug (`RUST_LOG=debug`), since the API
+    /// server's audit log records every request and the metrics count every decision.
+    #[arg(long, env = "DEFAULT_DENY_GUARD_LOG_ALLOWED")]
+    pub log_allowed: bool,
 }
 
-/// How `check` reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum OutputFormat {
-    /// A line per finding, then a summary.
-    Text,
-    /// One JSON document: summary, results, skipped documents, errors.
-    Json,
+impl ValueEnum for OutputFormat {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[OutputFormat::Text, OutputFormat::Json]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(match self {
+            OutputFormat::Text => PossibleValue::new("text").help("A line per finding, then a summary"),
+            OutputFormat::Json => {
+                PossibleValue::new("json").help("One JSON document: summary, results, skipped documents, errors")
+            }
+        })
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -376,6 +413,85 @@ impl PoliciesArgs {
                 .collect(),
             with_webhook: self.with_webhook,
         }
+    }
+}
+
+impl ServeArgs {
+    /// The plain configuration `serve` runs with, or why the flags make none.
+    pub fn config(self) -> Result<ServeConfig, ServeError> {
+        Ok(ServeConfig {
+            settings: self.rules.settings().map_err(ServeError::Config)?,
+            addr: self.addr,
+            metrics_addr: self.metrics_addr,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
+            dev: self.dev,
+            dev_cert_dir: self.dev_cert_dir,
+            client_ca: self.client_ca,
+            tls_reload_interval: self.tls_reload_interval,
+            max_body_bytes: self.max_body_bytes,
+            namespace_cache: self.namespace_cache,
+            handshake_timeout: self.handshake_timeout,
+            idle_timeout: self.idle_timeout,
+            request_timeout: self.request_timeout,
+            max_connections: self.max_connections,
+            shutdown_delay: self.shutdown_delay,
+            shutdown_timeout: self.shutdown_timeout,
+            log_allowed: self.log_allowed,
+        })
+    }
+}
+
+impl CheckArgs {
+    /// The plain configuration `check` runs with, or why the flags make none.
+    pub fn config(self) -> Result<CheckConfig, String> {
+        Ok(CheckConfig {
+            settings: self.rules.settings()?,
+            paths: self.paths,
+            namespace: self.namespace,
+            output: self.output,
+            verbose: self.verbose,
+        })
+    }
+}
+
+impl From<CertsArgs> for CertsConfig {
+    fn from(a: CertsArgs) -> CertsConfig {
+        CertsConfig {
+            out: a.out,
+            service: a.service,
+            namespace: a.namespace,
+            ip: a.ip,
+            cluster_domain: a.cluster_domain,
+            days: a.days,
+            force: a.force,
+            ca_bundle_out: a.ca_bundle_out,
+        }
+    }
+}
+
+impl ReconcileArgs {
+    /// The plain configuration `reconcile` runs with, or why the flags make none.
+    pub fn config(self) -> Result<ReconcileConfig, String> {
+        Ok(ReconcileConfig {
+            settings: self.rules.settings()?,
+            policy_types: self.policy_types,
+            dns: DnsAllowance {
+                namespace_selector: self.dns_namespace_selector,
+                pod_selector: self.dns_pod_selector,
+                ports: self.dns_ports,
+            },
+            once: self.once,
+            backfill: self.backfill,
+            dry_run: self.dry_run,
+            timing: Timing { resync: self.resync_interval, timeout: self.reconcile_timeout, ..Timing::default() },
+            endpoints: crate::reconcile::serve::Endpoints {
+                health_addr: self.health_addr,
+                metrics_addr: self.metrics_addr,
+                concurrency: self.concurrency,
+                shutdown_timeout: self.shutdown_timeout,
+            },
+        })
     }
 }
 

@@ -11,5 +11,6 @@ pub mod policies;
 pub mod reconcile;
 pub mod rules;
 pub mod server;
+pub mod signal;
 pub mod telemetry;
 pub mod tls;

@@ -10,22 +10,31 @@ fn main() -> ExitCode {
     let _logs = telemetry::init(cli.log_format);
     let runtime = || tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match cli.command {
-        Command::Serve(args) => match runtime().block_on(server::run(args)) {
+        Command::Serve(args) => match args.config().and_then(|config| runtime().block_on(server::run(config))) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "serve failed");
                 ExitCode::FAILURE
             }
         },
-        Command::Reconcile(args) => match runtime().block_on(reconcile::run(args)) {
-            Ok(exit) => ExitCode::from(exit.code()),
+        Command::Reconcile(args) => {
+            let run = args.config().map_err(reconcile::RunError::Config);
+            match run.and_then(|config| runtime().block_on(reconcile::run(config))) {
+                Ok(exit) => ExitCode::from(exit.code()),
+                Err(e) => {
+                    tracing::error!(error = %e, "reconcile failed");
+                    ExitCode::from(reconcile::Exit::ApiError.code())
+                }
+            }
+        }
+        Command::Check(args) => match args.config() {
+            Ok(config) => check::run(&config),
             Err(e) => {
-                tracing::error!(error = %e, "reconcile failed");
-                ExitCode::from(reconcile::Exit::ApiError.code())
+                eprintln!("default-deny-guard check: {e}");
+                ExitCode::from(check::EXIT_UNREADABLE)
             }
         },
-        Command::Check(args) => check::run(&args),
-        Command::Certs(args) => certs::run(&args),
+        Command::Certs(args) => certs::run(&args.into()),
         Command::Policies(args) => {
             let printed = args
                 .rules

@@ -1,6 +1,7 @@
 //! `serve`: the HTTPS webhook and the plain-HTTP metrics endpoint, thin adapters around [`crate::admission`].
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -20,12 +21,50 @@ use tower::ServiceExt;
 
 use crate::admission::{self, NamespaceLookup, Webhook};
 use crate::certs;
-use crate::cli::{NamespaceCacheMode, ServeArgs};
 use crate::drain::Drain;
 use crate::metrics::Metrics;
 use crate::namespaces::NamespaceCache;
 use crate::rules::Settings;
+use crate::signal::shutdown_signal;
 use crate::tls::{self, CertificateStore, TlsFiles};
+
+/// What `serve` is asked to do: the command line's flags, as plain values.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// The webhook's HTTPS address and the metrics' plain-HTTP one (port 0: any free port, logged).
+    pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    /// The serving certificate and key; without them (or with `dev`), a development pair under `dev_cert_dir`.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub dev: bool,
+    pub dev_cert_dir: PathBuf,
+    /// Answer only clients with a certificate this CA signed.
+    pub client_ca: Option<PathBuf>,
+    pub tls_reload_interval: Duration,
+    pub settings: Settings,
+    pub max_body_bytes: usize,
+    pub namespace_cache: NamespaceCacheMode,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_connections: usize,
+    pub shutdown_delay: Duration,
+    pub shutdown_timeout: Duration,
+    /// Plain allows logged at info too.
+    pub log_allowed: bool,
+}
+
+/// Whether `serve` watches namespaces through the Kubernetes API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NamespaceCacheMode {
+    /// When a cluster configuration is found (in-cluster, or KUBECONFIG / ~/.kube/config).
+    Auto,
+    /// Always: fail to start without a cluster configuration.
+    On,
+    /// Never: teardown is recognised by the trusted deleters' names only.
+    Off,
+}
 
 /// The limits that keep slow or stalled clients from starving the API server's requests.
 #[derive(Debug, Clone, Copy)]
@@ -59,8 +98,8 @@ pub enum ServeError {
     Kube(String),
 }
 
-/// What every handler shares.
-struct AppState {
+/// What every handler shares: the configuration's part that the handlers read, and the shared parts.
+pub struct AppState {
     settings: Settings,
     namespaces: Arc<dyn NamespaceLookup>,
     metrics: Metrics,
@@ -70,14 +109,38 @@ struct AppState {
     client_cert_required: bool,
     max_body_bytes: usize,
     request_timeout: Duration,
+    /// `--log-allowed`: plain allows logged at info too.
+    log_allowed: bool,
+}
+
+impl AppState {
+    /// The handlers' state for `config`, looking namespaces up in `namespaces` and counting into `metrics`;
+    /// unready (`/readyz` 503) until [`AppState::set_ready`].
+    pub fn new(config: &ServeConfig, namespaces: Arc<dyn NamespaceLookup>, metrics: Metrics) -> AppState {
+        AppState {
+            settings: config.settings.clone(),
+            namespaces,
+            metrics,
+            ready: AtomicBool::new(false),
+            drain: Drain::new(),
+            client_cert_required: config.client_ca.is_some(),
+            max_body_bytes: config.max_body_bytes,
+            request_timeout: config.request_timeout,
+            log_allowed: config.log_allowed,
+        }
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
 }
 
 /// Whether this connection's client presented a certificate that the client CA verified.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientCertificate(pub bool);
 
-pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
-    let settings = args.rules.settings().map_err(ServeError::Config)?;
+pub async fn run(args: ServeConfig) -> Result<(), ServeError> {
+    let settings = &args.settings;
     let metrics = Metrics::new();
 
     let files = match (&args.tls_cert, &args.tls_key, args.dev) {
@@ -98,17 +161,8 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let tls_config = tls::server_config(store.clone(), args.client_ca.as_deref())?;
     tokio::spawn(store.watch(contents, args.tls_reload_interval, metrics.clone()));
 
-    let (namespaces, cache) = namespace_lookup(&args, &settings).await?;
-    let state = Arc::new(AppState {
-        settings,
-        namespaces,
-        metrics: metrics.clone(),
-        ready: AtomicBool::new(false),
-        drain: Drain::new(),
-        client_cert_required: args.client_ca.is_some(),
-        max_body_bytes: args.max_body_bytes,
-        request_timeout: args.request_timeout,
-    });
+    let (namespaces, cache) = namespace_lookup(&args, settings).await?;
+    let state = Arc::new(AppState::new(&args, namespaces, metrics.clone()));
 
     let webhook = bind(args.addr).await?;
     let metrics_listener = bind(args.metrics_addr).await?;
@@ -166,7 +220,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
 
 /// The namespace cache, if the cluster is reachable and the mode wants it; otherwise names only.
 async fn namespace_lookup(
-    args: &ServeArgs,
+    args: &ServeConfig,
     settings: &Settings,
 ) -> Result<(Arc<dyn NamespaceLookup>, Option<NamespaceCache>), ServeError> {
     let needs_cache = settings.system_namespaces.label().is_some();
@@ -203,30 +257,9 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
     TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("SIGINT received"),
-        _ = term => tracing::info!("SIGTERM received"),
-    }
-}
-
 /// Accepts TLS connections until `drain` closes the listener, then lets in-flight requests finish (up to
-/// `timeout`), with the drain's hooks on every connection and answer (src/drain.rs): HTTP/1.1 or HTTP/2 as ALPN settled, every connection and handshake under `limits`, each request handed to `app` with a
+/// `timeout`), with the drain's hooks on every connection and answer (src/drain.rs): HTTP/1.1 or HTTP/2 as ALPN
+/// settled, every connection and handshake under `limits`, each request handed to `app` with a
 /// [`ClientCertificate`] extension. `serve` runs the webhook with it; the load test's floor server
 /// (`examples/floor.rs`) runs a fixed-answer `app` with it, so that the two differ only in the handlers.
 pub async fn serve_https(
@@ -329,7 +362,9 @@ pub async fn serve_https(
     }
 }
 
-fn router(state: Arc<AppState>) -> Router {
+/// The webhook's endpoints (`POST /validate`, `POST /mutate`, `GET /healthz`, `GET /readyz`) as a service of
+/// their own: `serve` hands it each request of each TLS connection; tests call it in-process.
+pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/validate", post(validate))
         .route("/mutate", post(mutate))
@@ -461,39 +496,55 @@ async fn admit(state: &AppState, webhook: Webhook, request: axum::extract::Reque
                 return bad_request(StatusCode::BAD_REQUEST, "BadRequest", e.to_string());
             }
         };
-    record_decision(metrics, webhook, &reviewed, started.elapsed());
+    record_decision(metrics, webhook, &reviewed, started.elapsed(), state.log_allowed);
     ([(header::CONTENT_TYPE, "application/json")], reviewed.body).into_response()
 }
 
-/// Counts a decision in the metrics and writes its log line (docs/design.md section 5: uid, kind, namespace/name,
-/// operation, user, decision, rule, latency). Public for the benchmark of its cost (`benches/review.rs`, group
-/// `record`).
-pub fn record_decision(metrics: &Metrics, webhook: Webhook, reviewed: &admission::Reviewed, elapsed: Duration) {
+/// Counts a decision in the metrics and writes its log line (docs/design.md section 5: uid, kind, namespace/name, operation,
+/// user, decision, rule, latency): at info for a decision that changes something or needs a person, at debug for a
+/// plain allow unless `log_allowed`. The API server's audit log records every request and the metrics count every
+/// decision; a line per allowed request would be cost and noise. Public for the benchmark of its cost
+/// (`benches/review.rs`, group `record`).
+pub fn record_decision(
+    metrics: &Metrics,
+    webhook: Webhook,
+    reviewed: &admission::Reviewed,
+    elapsed: Duration,
+    log_allowed: bool,
+) {
     let d = &reviewed.decision;
-    let rule = admission::rule_label(d.rule);
     let decision = reviewed.decision_label();
-    metrics.observe_review(webhook.as_str(), &reviewed.kind, reviewed.operation, decision, rule, elapsed);
+    metrics.observe_review(webhook, reviewed.kind, reviewed.operation, decision, d.rule, elapsed);
     if d.exception_used {
-        metrics.exception_used(&reviewed.kind);
+        metrics.exception_used(reviewed.kind);
     }
     // Strings as `&str` values, not `%` (Display): tracing hands them to the formatter as they are, without a
-    // trip through `fmt::write` each (the line and metrics: 8,807 -> 8,237 instructions, callgrind `record_json`),
-    // and the text format quotes them, so that a reason with spaces stays one `key="value"` field.
-    tracing::info!(
-        uid = reviewed.uid.as_str(),
-        webhook = webhook.as_str(),
-        kind = reviewed.kind.as_str(),
-        namespace = reviewed.namespace.as_str(),
-        name = reviewed.name.as_str(),
-        operation = reviewed.operation,
-        user = reviewed.user.as_str(),
-        dry_run = reviewed.dry_run,
-        decision,
-        rule,
-        latency_us = elapsed.as_micros() as u64,
-        reason = d.message.as_str(),
-        "admission decision"
-    );
+    // trip through `fmt::write` each, and the text format quotes them, so that a reason with spaces stays one
+    // `key="value"` field.
+    macro_rules! line {
+        ($level:ident) => {
+            tracing::$level!(
+                uid = reviewed.uid.as_str(),
+                webhook = webhook.as_str(),
+                kind = reviewed.kind_sent.as_str(),
+                namespace = reviewed.namespace.as_str(),
+                name = reviewed.name.as_str(),
+                operation = reviewed.operation.as_str(),
+                user = reviewed.user.as_str(),
+                dry_run = reviewed.dry_run,
+                decision = decision.as_str(),
+                rule = crate::metrics::rule_label(d.rule),
+                latency_us = elapsed.as_micros() as u64,
+                reason = d.message.as_str(),
+                "admission decision"
+            )
+        };
+    }
+    if log_allowed || reviewed.notable() {
+        line!(info);
+    } else {
+        line!(debug);
+    }
 }
 
 /// A request that is not a review to answer: logged, and answered with a `Status` body as the API server would.

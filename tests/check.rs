@@ -411,7 +411,8 @@ enum Placement {
 async fn check_gives_the_same_verdict_as_serve_on_every_context_policy() {
     let (mut compared, mut judged_r1) = (0, 0);
     for modes in [&[][..], &["--warn", "R1"][..]] {
-        let guard = Guard::start(modes);
+        // Every decision's line, plain allows included, to compare with check's report.
+        let guard = Guard::start(&[modes, &["--log-allowed"]].concat());
         let client = guard.client();
         for fixture in fixtures() {
             for placement in [Placement::AsWritten, Placement::KubeSystem] {

@@ -1,5 +1,6 @@
-//! The real server over HTTPS, with reviews shaped like kube-apiserver's: every rule both ways, the known traps of
-//! docs/design.md section 4, bad input, metrics.
+//! The webhook with reviews shaped like kube-apiserver's: every rule both ways, the known traps of docs/design.md
+//! section 4, bad input, metrics and log lines through its router in-process ([`App`]); TLS, HTTP/2, readiness and
+//! shutdown through the real server over HTTPS ([`Guard`]).
 
 mod common;
 
@@ -14,48 +15,42 @@ fn deny_all(ns: &str, name: &str) -> Value {
     network_policy(ns, name, deny_all_spec())
 }
 
-/// Sends a review to `path` and returns its checked `response`.
-async fn answer(guard: &Guard, path: &str, review: &Review) -> Value {
-    let reply = guard.client().review(guard, path, &review.json()).await;
-    response_of(&reply, review)
-}
-
 fn message(response: &Value) -> &str {
     response["status"]["message"].as_str().unwrap_or_default()
 }
 
 #[tokio::test]
 async fn r1_denies_default_deny_in_system_namespaces_and_allows_elsewhere() {
-    let guard = Guard::start(&[]);
+    let app = App::start(&[]);
     let review = Review::network_policy("CREATE", "kube-system", "default-deny-all")
         .object(deny_all("kube-system", "default-deny-all"));
-    let r = answer(&guard, "/validate", &review).await;
+    let r = app.answer("/validate", &review).await;
     assert_eq!(r["allowed"], false);
     assert_eq!(r["status"]["code"], 403);
     assert!(message(&r).contains("kube-system/default-deny-all is deny-all (Ingress)"), "{r}");
 
     let review = Review::network_policy("CREATE", "production", "default-deny-all")
         .object(deny_all("production", "default-deny-all"));
-    let r = answer(&guard, "/validate", &review).await;
+    let r = app.answer("/validate", &review).await;
     assert_eq!(r["allowed"], true);
     assert!(r.get("status").is_none() && r.get("patch").is_none() && r.get("warnings").is_none(), "{r}");
 }
 
 #[tokio::test]
 async fn r2_delete_denied_then_allowed_with_exception_and_in_teardown() {
-    let guard = Guard::start(&[]);
+    let app = App::start(&[]);
     let old = deny_all("production", "default-deny-all");
 
     // A collection delete (`kubectl delete networkpolicy --all`) sends one review per object, with no name.
     let collection = Review::network_policy("DELETE", "production", "").old(old.clone());
-    let r = answer(&guard, "/validate", &collection).await;
+    let r = app.answer("/validate", &collection).await;
     assert_eq!(r["allowed"], false);
     assert!(message(&r).contains("NetworkPolicy production/default-deny-all is the default-deny policy"), "{r}");
     assert!(message(&r).contains("kubectl annotate networkpolicy default-deny-all -n production"), "{r}");
 
     let with_exception = annotate(annotate(old.clone(), EXC, "SEC-789 migration to Cilium"), EXP, "2099-12-31");
     let review = Review::network_policy("DELETE", "production", "default-deny-all").old(with_exception);
-    let r = answer(&guard, "/validate", &review).await;
+    let r = app.answer("/validate", &review).await;
     assert_eq!(r["allowed"], true, "{r}");
     assert_eq!(r["auditAnnotations"]["exception-reason"], "SEC-789 migration to Cilium");
     assert_eq!(r["auditAnnotations"]["exception-expires"], "2099-12-31");
@@ -63,17 +58,17 @@ async fn r2_delete_denied_then_allowed_with_exception_and_in_teardown() {
 
     let expired = annotate(annotate(old.clone(), EXC, "SEC-789"), EXP, "2020-01-01");
     let review = Review::network_policy("DELETE", "production", "default-deny-all").old(expired);
-    let r = answer(&guard, "/validate", &review).await;
+    let r = app.answer("/validate", &review).await;
     assert_eq!(r["allowed"], false);
     assert!(message(&r).contains("expired"), "the answer says why the exception is void: {r}");
 
     let teardown = Review::network_policy("DELETE", "production", "").old(old).user(NAMESPACE_CONTROLLER);
-    assert_eq!(answer(&guard, "/validate", &teardown).await["allowed"], true);
+    assert_eq!(app.answer("/validate", &teardown).await["allowed"], true);
 }
 
 #[tokio::test]
 async fn r3_weakening_update_is_denied_unless_excepted() {
-    let guard = Guard::start(&[]);
+    let app = App::start(&[]);
     let old = deny_all("production", "default-deny-all");
     let open = network_policy(
         "production",
@@ -82,14 +77,14 @@ async fn r3_weakening_update_is_denied_unless_excepted() {
     );
     let review =
         Review::network_policy("UPDATE", "production", "default-deny-all").object(open.clone()).old(old.clone());
-    let r = answer(&guard, "/validate", &review).await;
+    let r = app.answer("/validate", &review).await;
     assert_eq!(r["allowed"], false);
     assert!(message(&r).contains("from deny-all (Ingress) into a policy that allows all traffic"), "{r}");
 
     let review = Review::network_policy("UPDATE", "production", "default-deny-all")
         .object(annotate(open, EXC, "incident 42"))
         .old(old.clone());
-    assert_eq!(answer(&guard, "/validate", &review).await["allowed"], true);
+    assert_eq!(app.answer("/validate", &review).await["allowed"], true);
 
     let tightened = network_policy(
         "production",
@@ -97,7 +92,7 @@ async fn r3_weakening_update_is_denied_unless_excepted() {
         json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),
     );
     let review = Review::network_policy("UPDATE", "production", "default-deny-all").object(tightened).old(old);
-    assert_eq!(answer(&guard, "/validate", &review).await["allowed"], true);
+    assert_eq!(app.answer("/validate", &review).await["allowed"], true);
 }
 
 /// Decodes the patch as kube-apiserver does (standard base64) and applies it.
@@ -113,7 +108,7 @@ fn apply_patch(response: &Value, object: &Value) -> Value {
 
 #[tokio::test]
 async fn r4_patch_labels_new_namespaces() {
-    let guard = Guard::start(&[]);
+    let app = App::start(&[]);
     let cases = [
         ("no labels", json!(null), json!({"default-deny": "enabled"}), false),
         (
@@ -135,7 +130,7 @@ async fn r4_patch_labels_new_namespaces() {
             object["metadata"].as_object_mut().unwrap().remove("labels");
         }
         let review = Review::namespace("CREATE", "payments").object(object.clone());
-        let r = answer(&guard, "/mutate", &review).await;
+        let r = app.answer("/mutate", &review).await;
         assert_eq!(r["allowed"], true, "{what}");
         assert_eq!(apply_patch(&r, &object)["metadata"]["labels"], want, "{what}");
         assert_eq!(r.get("warnings").is_some(), warns, "{what}: {r}");
@@ -144,7 +139,7 @@ async fn r4_patch_labels_new_namespaces() {
     // `generateName`: kube-apiserver sends an empty name; the namespace is still labelled.
     let object = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"generateName": "ci-run-"}});
     let review = Review::namespace("CREATE", "").object(object.clone());
-    let r = answer(&guard, "/mutate", &review).await;
+    let r = app.answer("/mutate", &review).await;
     assert_eq!(apply_patch(&r, &object)["metadata"]["labels"]["default-deny"], "enabled");
 
     for (what, object) in [
@@ -153,7 +148,7 @@ async fn r4_patch_labels_new_namespaces() {
         ("valid exception", namespace_object("legacy", json!(null), json!({EXC: "legacy CRM until Q3"}))),
     ] {
         let review = Review::namespace("CREATE", "x").object(object);
-        let r = answer(&guard, "/mutate", &review).await;
+        let r = app.answer("/mutate", &review).await;
         assert_eq!(r["allowed"], true, "{what}");
         assert!(r.get("patch").is_none() && r.get("patchType").is_none(), "{what}: {r}");
     }
@@ -161,25 +156,25 @@ async fn r4_patch_labels_new_namespaces() {
 
 #[tokio::test]
 async fn r5_label_removal_denied_unless_excepted() {
-    let guard = Guard::start(&[]);
+    let app = App::start(&[]);
     let old = namespace_object("payments", json!({"default-deny": "enabled"}), json!(null));
     let new = namespace_object("payments", json!({}), json!(null));
     let review = Review::namespace("UPDATE", "payments").object(new.clone()).old(old.clone());
-    let r = answer(&guard, "/validate", &review).await;
+    let r = app.answer("/validate", &review).await;
     assert_eq!(r["allowed"], false);
     assert!(message(&r).contains("payments must keep the label default-deny=enabled"), "{r}");
 
     let review = Review::namespace("UPDATE", "payments").object(annotate(new, EXC, "moving to Cilium")).old(old);
-    let r = answer(&guard, "/validate", &review).await;
+    let r = app.answer("/validate", &review).await;
     assert_eq!(r["allowed"], true);
     assert_eq!(r["auditAnnotations"]["exception-rule"], "R5");
 }
 
 #[tokio::test]
 async fn warn_mode_allows_with_a_warning() {
-    let guard = Guard::start(&["--warn", "R1,R2"]);
+    let app = App::start(&["--warn", "R1,R2"]);
     let review = Review::network_policy("CREATE", "kube-system", "d").object(deny_all("kube-system", "d"));
-    let r = answer(&guard, "/validate", &review).await;
+    let r = app.answer("/validate", &review).await;
     assert_eq!(r["allowed"], true);
     let warning = r["warnings"][0].as_str().unwrap();
     assert!(warning.starts_with("R1 (warn mode, allowed): NetworkPolicy kube-system/d is deny-all"), "{warning}");
@@ -188,18 +183,18 @@ async fn warn_mode_allows_with_a_warning() {
     // R5 still enforces.
     let old = namespace_object("p", json!({"default-deny": "enabled"}), json!(null));
     let review = Review::namespace("UPDATE", "p").object(namespace_object("p", json!({}), json!(null))).old(old);
-    assert_eq!(answer(&guard, "/validate", &review).await["allowed"], false);
+    assert_eq!(app.answer("/validate", &review).await["allowed"], false);
 }
 
 #[tokio::test]
 async fn v1beta1_is_answered_in_v1beta1_and_dry_run_gets_the_same_decision() {
-    let guard = Guard::start(&[]);
+    let app = App::start(&[]);
     let mut review = Review::network_policy("CREATE", "kube-system", "d").object(deny_all("kube-system", "d"));
     review.api_version = "admission.k8s.io/v1beta1";
     review.dry_run = true;
-    let r = answer(&guard, "/validate", &review).await; // checks apiVersion and uid
+    let r = app.answer("/validate", &review).await; // checks apiVersion and uid
     assert_eq!(r["allowed"], false);
-    let line = guard.wait_for_log("for the dry run", |l| l["uid"] == review.uid.as_str());
+    let line = app.log_line("for the dry run", |l| l["uid"] == review.uid.as_str());
     assert_eq!(line["dry_run"], true);
     assert_eq!(line["decision"], "deny");
     assert_eq!(line["rule"], "R1");
@@ -207,29 +202,29 @@ async fn v1beta1_is_answered_in_v1beta1_and_dry_run_gets_the_same_decision() {
 
 #[tokio::test]
 async fn kinds_that_are_not_ours_are_allowed_untouched() {
-    let guard = Guard::start(&[]);
+    let app = App::start(&[]);
     let review =
         Review::other(("apps", "v1", "Deployment"), "deployments", "CREATE").object(json!({"spec": "anything"}));
-    let r = answer(&guard, "/validate", &review).await;
+    let r = app.answer("/validate", &review).await;
     assert_eq!(r, json!({"uid": review.uid, "allowed": true}));
     // A Namespace CREATE sent to /validate, or a NetworkPolicy sent to /mutate: not theirs to judge.
     let review = Review::namespace("CREATE", "a").object(namespace_object("a", json!(null), json!(null)));
-    assert_eq!(answer(&guard, "/validate", &review).await, json!({"uid": review.uid, "allowed": true}));
+    assert_eq!(app.answer("/validate", &review).await, json!({"uid": review.uid, "allowed": true}));
     let review = Review::network_policy("CREATE", "kube-system", "d").object(deny_all("kube-system", "d"));
-    assert_eq!(answer(&guard, "/mutate", &review).await, json!({"uid": review.uid, "allowed": true}));
+    assert_eq!(app.answer("/mutate", &review).await, json!({"uid": review.uid, "allowed": true}));
     // Status subresource updates cannot change labels.
     let mut review = Review::namespace("UPDATE", "p")
         .object(namespace_object("p", json!({}), json!(null)))
         .old(namespace_object("p", json!({"default-deny": "enabled"}), json!(null)))
         .json();
     review["request"]["subResource"] = json!("status");
-    let reply = guard.client().review(&guard, "/validate", &review).await;
+    let reply = app.review("/validate", &review).await;
     assert_eq!(reply.json()["response"]["allowed"], true);
 }
 
 #[tokio::test]
 async fn unreadable_objects_are_denied_with_what_was_wrong() {
-    let guard = Guard::start(&[]);
+    let app = App::start(&[]);
     let cases = [
         (
             json!({"metadata": {"name": "d", "namespace": "production"}, "spec": {"podSelector": "all"}}),
@@ -247,7 +242,7 @@ async fn unreadable_objects_are_denied_with_what_was_wrong() {
     ];
     for (object, says) in cases {
         let review = Review::network_policy("CREATE", "production", "d").object(object);
-        let r = answer(&guard, "/validate", &review).await;
+        let r = app.answer("/validate", &review).await;
         assert_eq!(r["allowed"], false);
         assert_eq!(r["status"]["code"], 400);
         assert!(message(&r).contains(says), "{says}: {r}");
@@ -275,17 +270,16 @@ impl From<BadRequestRow> for BadRequest {
 
 #[tokio::test]
 async fn bad_input_gets_a_4xx_with_a_json_status_and_a_log_line() {
-    let guard = Guard::start(&["--max-body-bytes", "65536"]);
-    let client = guard.client();
-    let validate = guard.url("/validate");
+    let app = App::start(&["--max-body-bytes", "65536"]);
+    let validate = "/validate".to_owned();
     let good = serde_json::to_vec(&Review::namespace("UPDATE", "a").json()).unwrap();
     let cases: Vec<BadRequestRow> = vec![
         ("GET /validate", "GET", validate.clone(), None, vec![], 405, "method GET not allowed"),
-        ("PUT /mutate", "PUT", guard.url("/mutate"), Some("application/json"), good.clone(), 405, "not allowed"),
+        ("PUT /mutate", "PUT", "/mutate".to_owned(), Some("application/json"), good.clone(), 405, "not allowed"),
         (
             "unknown path",
             "POST",
-            guard.url("/admit"),
+            "/admit".to_owned(),
             Some("application/json"),
             good.clone(),
             404,
@@ -463,7 +457,7 @@ async fn bad_input_gets_a_4xx_with_a_json_status_and_a_log_line() {
     for BadRequest { what, method, url, content_type: ct, body, status, says } in
         cases.into_iter().map(BadRequest::from)
     {
-        let reply = client.request(method, &url, ct, body).await;
+        let reply = app.request(method, &url, ct, body).await;
         assert_eq!(reply.status, status, "{what}: {}", String::from_utf8_lossy(&reply.body));
         assert_eq!(reply.content_type, "application/json", "{what}");
         let v = reply.json();
@@ -473,15 +467,15 @@ async fn bad_input_gets_a_4xx_with_a_json_status_and_a_log_line() {
             "{what}"
         );
         assert!(v["message"].as_str().unwrap().contains(says), "{what}: {v}");
-        guard.wait_for_log(what, |l| l["message"] == "request rejected" && l["detail"] == v["message"]);
+        app.log_line(what, |l| l["message"] == "request rejected" && l["detail"] == v["message"]);
     }
     // The server is still there and answering.
-    assert_eq!(client.get(&guard.url("/healthz")).await.status, 200);
+    assert_eq!(app.get("/healthz").await.status, 200);
 }
 
 #[tokio::test]
 async fn large_update_reviews_beyond_axum_default_limit_are_answered() {
-    let guard = Guard::start(&[]);
+    let app = App::start(&[]);
     // 2 x ~1.5 MB: object and oldObject of an UPDATE, each with thousands of rules; axum's default limit is 2 MB.
     let rules: Vec<Value> = (0..12_000)
         .map(|i| json!({"from": [{"ipBlock": {"cidr": format!("10.{}.{}.0/24", i / 256, i % 256)}}], "ports": [{"port": 8000 + i % 1000}]}))
@@ -495,7 +489,7 @@ async fn large_update_reviews_beyond_axum_default_limit_are_answered() {
         .old(old);
     let body = serde_json::to_vec(&review.json()).unwrap();
     assert!(body.len() > 2 * 1024 * 1024, "{}", body.len());
-    let r = answer(&guard, "/validate", &review).await;
+    let r = app.answer("/validate", &review).await;
     assert_eq!(r["allowed"], false);
     assert!(message(&r).contains("from default-deny with 12000 allow rules (Ingress)"), "{r}");
 }
@@ -536,6 +530,10 @@ async fn tls_is_1_2_or_later_and_the_dev_ca_is_where_the_log_says() {
         let reply = Https::with_config(config, Protocol::Http1).get(&guard.url("/healthz")).await;
         assert_eq!((reply.status, reply.body.as_slice()), (200, b"ok".as_slice()));
     }
+    let text = guard.metrics_text().await;
+    let expiry = metric(&text, "default_deny_guard_certificate_expiry_timestamp_seconds", &[]);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(expiry > now + 300.0 * 86_400.0, "the dev certificate lasts a year: {expiry}");
 }
 
 #[tokio::test]
@@ -553,24 +551,23 @@ async fn health_and_readiness() {
 
 #[tokio::test]
 async fn metrics_count_what_was_sent() {
-    let guard = Guard::start(&[]);
-    let client = guard.client();
+    let app = App::start(&[]);
     let deny = Review::network_policy("CREATE", "kube-system", "d").object(deny_all("kube-system", "d"));
     for _ in 0..3 {
-        client.review(&guard, "/validate", &deny.json()).await;
+        app.review("/validate", &deny.json()).await;
     }
     let excepted =
         Review::network_policy("DELETE", "production", "d").old(annotate(deny_all("production", "d"), EXC, "ok"));
-    client.review(&guard, "/validate", &excepted.json()).await;
+    app.review("/validate", &excepted.json()).await;
     let ns = Review::namespace("CREATE", "a").object(namespace_object("a", json!(null), json!(null)));
-    client.review(&guard, "/mutate", &ns.json()).await;
-    client.request("GET", &guard.url("/validate"), None, vec![]).await;
-    client.request("POST", &guard.url("/validate"), Some("application/json"), b"nope".to_vec()).await;
+    app.review("/mutate", &ns.json()).await;
+    app.request("GET", "/validate", None, vec![]).await;
+    app.request("POST", "/validate", Some("application/json"), b"nope".to_vec()).await;
 
     let unreadable = Review::network_policy("CREATE", "production", "d").object(json!({"spec": []}));
-    client.review(&guard, "/validate", &unreadable.json()).await;
+    app.review("/validate", &unreadable.json()).await;
 
-    let text = guard.metrics_text().await;
+    let text = app.metrics_text();
     let requests = "default_deny_guard_admission_requests_total";
     let np = [("webhook", "validate"), ("kind", "NetworkPolicy")];
     assert_eq!(
@@ -599,9 +596,6 @@ async fn metrics_count_what_was_sent() {
     assert_eq!(metric(&text, "default_deny_guard_invalid_requests_total", &[("reason", "method")]), 1.0);
     assert_eq!(metric(&text, "default_deny_guard_invalid_requests_total", &[("reason", "not_a_review")]), 1.0);
     assert_eq!(metric(&text, "default_deny_guard_build_info", &[("version", env!("CARGO_PKG_VERSION"))]), 1.0);
-    let expiry = metric(&text, "default_deny_guard_certificate_expiry_timestamp_seconds", &[]);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
-    assert!(expiry > now + 300.0 * 86_400.0, "the dev certificate lasts a year: {expiry}");
     for line in text.lines().filter(|l| l.starts_with("# HELP")) {
         assert!(line.split_whitespace().count() > 3, "every metric has help text: {line}");
     }
@@ -609,10 +603,10 @@ async fn metrics_count_what_was_sent() {
 
 #[tokio::test]
 async fn one_log_line_per_decision_with_the_fields_of_the_spec() {
-    let guard = Guard::start(&[]);
+    let app = App::start(&[]);
     let review = Review::network_policy("DELETE", "production", "").old(deny_all("production", "default-deny-all"));
-    guard.client().review(&guard, "/validate", &review.json()).await;
-    let line = guard.wait_for_log("for the decision", |l| l["message"] == "admission decision");
+    app.review("/validate", &review.json()).await;
+    let line = app.log_line("for the decision", |l| l["message"] == "admission decision");
     for (field, want) in [
         ("uid", json!(review.uid)),
         ("kind", json!("NetworkPolicy")),
@@ -627,7 +621,48 @@ async fn one_log_line_per_decision_with_the_fields_of_the_spec() {
         assert_eq!(line[field], want, "{field}: {line}");
     }
     assert!(line["latency_us"].is_u64(), "{line}");
-    assert_eq!(guard.logs().iter().filter(|l| l["message"] == "admission decision").count(), 1);
+    assert_eq!(app.logs().iter().filter(|l| l["message"] == "admission decision").count(), 1);
+}
+
+/// SPEC section 5: a line at info for what changes something or needs a person, none for a plain allow (that is
+/// at debug), unless `--log-allowed`.
+#[tokio::test]
+async fn plain_allows_are_logged_only_with_log_allowed() {
+    for (flags, allow_logged) in [(&["--warn", "R1"][..], false), (&["--warn", "R1", "--log-allowed"][..], true)] {
+        let app = App::start(flags);
+        let reviews = [
+            ("/validate", Review::network_policy("CREATE", "production", "a").object(deny_all("production", "a"))),
+            (
+                "/validate",
+                Review::network_policy("DELETE", "production", "e").old(annotate(
+                    deny_all("production", "e"),
+                    EXC,
+                    "SEC-1 migration",
+                )),
+            ),
+            ("/mutate", Review::namespace("CREATE", "new").object(namespace_object("new", json!(null), json!(null)))),
+            ("/validate", Review::network_policy("CREATE", "kube-system", "w").object(deny_all("kube-system", "w"))),
+            ("/validate", Review::network_policy("DELETE", "production", "d").old(deny_all("production", "d"))),
+        ];
+        for (path, review) in &reviews {
+            app.review(path, &review.json()).await;
+        }
+        // The last review is a denial: once its line is there, every earlier line is too.
+        app.log_line("for the denial", |l| l["uid"] == reviews[4].1.uid.as_str());
+        let lines: Vec<_> = app.logs().into_iter().filter(|l| l["message"] == "admission decision").collect();
+        let got: Vec<(&str, &str)> =
+            lines.iter().map(|l| (l["uid"].as_str().unwrap(), l["decision"].as_str().unwrap())).collect();
+        let mut want: Vec<(&str, &str)> = reviews
+            .iter()
+            .zip(["allow", "allow", "patch", "warn", "deny"])
+            .map(|((_, review), decision)| (review.uid.as_str(), decision))
+            .collect();
+        if !allow_logged {
+            want.remove(0);
+        }
+        assert_eq!(got, want, "{flags:?}: {lines:#?}");
+        assert!(lines.iter().all(|l| l["level"] == "INFO"), "{lines:#?}");
+    }
 }
 
 #[tokio::test]

@@ -34,10 +34,10 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector;
 
-use crate::cli::ReconcileArgs;
 use crate::metrics::Exporter;
+use crate::rules::Settings;
 use controller::{Context, Timing};
-use desired::{DnsAllowance, MANAGER, PolicyTemplate};
+use desired::{DnsAllowance, MANAGER, PolicyTemplate, PolicyTypes};
 use state::Survey;
 
 /// The exit status of `reconcile`.
@@ -81,32 +81,31 @@ pub enum RunError {
     Output(#[from] std::io::Error),
 }
 
-impl ReconcileArgs {
-    /// The desired policy that the flags describe.
-    pub fn template(&self) -> PolicyTemplate {
-        PolicyTemplate::new(
-            self.policy_types,
-            DnsAllowance {
-                namespace_selector: self.dns_namespace_selector.clone(),
-                pod_selector: self.dns_pod_selector.clone(),
-                ports: self.dns_ports.clone(),
-            },
-        )
-    }
-
-    pub fn timing(&self) -> Timing {
-        Timing { resync: self.resync_interval, timeout: self.reconcile_timeout, ..Timing::default() }
-    }
+/// What `reconcile` is asked to do: the command line's flags, as plain values.
+#[derive(Debug, Clone)]
+pub struct ReconcileConfig {
+    pub settings: Settings,
+    pub policy_types: PolicyTypes,
+    /// The DNS egress the policy allows when it restricts egress.
+    pub dns: DnsAllowance,
+    /// One pass and a report, then exit.
+    pub once: bool,
+    /// Label the namespaces that predate the webhook first.
+    pub backfill: bool,
+    /// With `backfill`: say what would be labelled, change nothing.
+    pub dry_run: bool,
+    pub timing: Timing,
+    pub endpoints: serve::Endpoints,
 }
 
 /// `default-deny-guard reconcile`: `--backfill` first if asked (and only that with `--dry-run`), then one pass
 /// (`--once`) or the long-running controller.
-pub async fn run(args: ReconcileArgs) -> Result<Exit, RunError> {
-    let settings = args.rules.settings().map_err(RunError::Config)?;
-    if args.dns_ports.is_empty() || args.dns_ports.contains(&0) {
+pub async fn run(args: ReconcileConfig) -> Result<Exit, RunError> {
+    let settings = args.settings.clone();
+    if args.dns.ports.is_empty() || args.dns.ports.contains(&0) {
         return Err(RunError::Config("--dns-ports needs one or more ports between 1 and 65535".into()));
     }
-    let template = args.template();
+    let template = PolicyTemplate::new(args.policy_types, args.dns.clone());
     let config = kube::Config::infer().await.map_err(RunError::NoCluster)?;
     let cluster = config.cluster_url.to_string();
     let client = kube::Client::try_from(config).map_err(RunError::Client)?;
@@ -153,12 +152,12 @@ pub async fn run(args: ReconcileArgs) -> Result<Exit, RunError> {
             template.clone(),
             policies,
             reconcile_metrics,
-            args.timing(),
+            args.timing,
             reporter,
         ));
         let namespaces =
             snapshot::namespaces(&client).await.map_err(|source| RunError::List { what: "namespaces", source })?;
-        let results = once::pass(&ctx, namespaces, usize::from(args.concurrency)).await;
+        let results = once::pass(&ctx, namespaces, usize::from(args.endpoints.concurrency)).await;
         // The report is of the cluster as it is after the pass, listed again.
         let survey = match (snapshot::namespaces(&client).await, snapshot::managed_policies(&client).await) {
             (Ok(namespaces), Ok(policies)) => Survey::of(
@@ -176,16 +175,18 @@ pub async fn run(args: ReconcileArgs) -> Result<Exit, RunError> {
 
     let (policies, policy_writer) = reflector::store::<NetworkPolicy>();
     let ctx = Arc::new(
-        Context::new(client.clone(), settings, template, policies, reconcile_metrics.clone(), args.timing(), reporter)
+        Context::new(client.clone(), settings, template, policies, reconcile_metrics.clone(), args.timing, reporter)
             .with_unsynced_policies(),
     );
-    let endpoints = serve::Endpoints {
-        health_addr: args.health_addr,
-        metrics_addr: args.metrics_addr,
-        concurrency: args.concurrency,
-        shutdown_timeout: args.shutdown_timeout,
-    };
-    serve::run(client, ctx, policy_writer, metrics, reconcile_metrics, endpoints, crate::server::shutdown_signal())
-        .await?;
+    serve::run(
+        client,
+        ctx,
+        policy_writer,
+        metrics,
+        reconcile_metrics,
+        args.endpoints,
+        crate::signal::shutdown_signal(),
+    )
+    .await?;
     Ok(Exit::Success)
 }

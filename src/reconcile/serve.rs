@@ -35,6 +35,7 @@ use crate::metrics::Exporter;
 const SURVEY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Where the controller listens and how it stops.
+#[derive(Debug, Clone)]
 pub struct Endpoints {
     pub health_addr: SocketAddr,
     pub metrics_addr: SocketAddr,

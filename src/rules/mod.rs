@@ -193,6 +193,20 @@ pub enum Operation {
     Connect,
 }
 
+impl Operation {
+    pub const ALL: [Operation; 4] = [Operation::Create, Operation::Update, Operation::Delete, Operation::Connect];
+
+    /// As the API server writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Create => "CREATE",
+            Operation::Update => "UPDATE",
+            Operation::Delete => "DELETE",
+            Operation::Connect => "CONNECT",
+        }
+    }
+}
+
 /// One admission request, as far as the rules read it.
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a, T> {
@@ -526,12 +540,14 @@ impl Settings {
         let meta = &ns.metadata;
         let name = req.object_name();
         let shown = if name.is_empty() { format!("{}<generated>", meta.generate_name) } else { name.to_owned() };
+        // `generateName`: the name is not known yet, but its prefix may already say system namespace.
         let system = if name.is_empty() {
             self.system_namespaces.contains_generated(&meta.generate_name)
+                || self.system_namespaces.selects_labels(&meta.labels)
         } else {
-            self.system_namespaces.contains_name(name)
+            self.is_system_namespace(name, &meta.labels)
         };
-        if system || self.system_namespaces.selects_labels(&meta.labels) {
+        if system {
             return Decision::allow(Some(RuleId::R4), format!("{shown} is a system namespace: no label"));
         }
         let label = &self.enable_label;
@@ -544,10 +560,10 @@ impl Settings {
                 expires.as_deref(),
             );
         }
-        let current = meta.labels.get(&label.key);
-        if current == Some(&label.value) {
+        if self.is_enabled(&meta.labels) {
             return Decision::allow(Some(RuleId::R4), format!("namespace {shown} already has {label}"));
         }
+        let current = meta.labels.get(&label.key);
         let mut message = match current {
             Some(other) => format!(
                 "namespace {shown}: label {}={other} replaced by {label}, so that the namespace gets its \
@@ -597,13 +613,11 @@ impl Settings {
         now: Timestamp,
     ) -> Decision {
         let label = &self.enable_label;
-        let had = old.metadata.labels.get(&label.key) == Some(&label.value);
-        let has = new.metadata.labels.get(&label.key) == Some(&label.value);
-        if !had || has {
+        if !self.is_enabled(&old.metadata.labels) || self.is_enabled(&new.metadata.labels) {
             return Decision::allow(None, format!("{label} is not removed"));
         }
         let name = req.object_name();
-        if self.system_namespaces.contains_name(name) || self.system_namespaces.selects_labels(&new.metadata.labels) {
+        if self.is_system_namespace(name, &new.metadata.labels) {
             return Decision::allow(Some(RuleId::R5), format!("{name} is a system namespace"));
         }
         if old.metadata.deletion_timestamp.is_some() {

@@ -2,7 +2,10 @@
 //! CA it made, and AdmissionReviews shaped like kube-apiserver's.
 #![allow(dead_code)]
 
+pub mod app;
 pub mod reviews;
+#[allow(unused_imports)]
+pub use app::App;
 pub use reviews::*;
 
 use std::io::{BufRead, BufReader};

@@ -6,9 +6,12 @@
 //! (docs/design.md section 4). The answer is written here too: kube's `AdmissionResponse` sends the patch as a JSON
 //! array of numbers rather than base64, and its `invalid()` answers with an empty uid and always
 //! `admission.k8s.io/v1`, which kube-apiserver counts as a failed call. kube's `Operation` is used as it is.
+//!
+//! By concern: [`wire`], the review and the answer as they go over the wire; [`decode`], the one-pass decoder and
+//! the decoding that says where it failed; here, the answer to a review: which rules run and what is sent back.
 
-use std::borrow::Cow;
-use std::collections::BTreeMap;
+mod decode;
+mod wire;
 
 use jiff::Timestamp;
 use json_patch::jsonptr::PointerBuf;
@@ -16,14 +19,13 @@ use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::Namespace as NamespaceKind;
 use k8s_openapi::api::networking::v1::NetworkPolicy as NetworkPolicyKind;
 use kube::core::admission::Operation as KubeOperation;
-use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::rules::default_deny::object_or_null;
 use crate::rules::{
-    Decision, ExceptionKeys, Metadata, Namespace, NamespaceFacts, NetworkPolicy, Operation, PolicySpec, Request,
-    RuleId, SetLabel, Settings, Verdict, null_as_default,
+    Decision, ExceptionKeys, Namespace, NamespaceFacts, NetworkPolicy, Operation, Request, SetLabel, Settings, Verdict,
 };
+use decode::{AnyObject, Kind, ObjectIn, decode};
+use wire::{KindIn, RequestIn, ResponseOut, ReviewIn, ReviewOut, StatusOut};
 
 pub const API_VERSION_V1: &str = "admission.k8s.io/v1";
 pub const API_VERSION_V1BETA1: &str = "admission.k8s.io/v1beta1";
@@ -38,10 +40,62 @@ pub enum Webhook {
 }
 
 impl Webhook {
+    pub const ALL: [Webhook; 2] = [Webhook::Validate, Webhook::Mutate];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Webhook::Validate => "validate",
             Webhook::Mutate => "mutate",
+        }
+    }
+}
+
+/// The kind of a review, as far as the webhooks care: a closed set, so that what a client writes in
+/// `request.kind` can never become a metric label of its own (SPEC section 6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReviewKind {
+    /// `networking.k8s.io/v1` NetworkPolicy.
+    NetworkPolicy,
+    /// `v1` Namespace.
+    Namespace,
+    /// Any other group, version or kind: allowed untouched.
+    Other,
+}
+
+impl ReviewKind {
+    pub const ALL: [ReviewKind; 3] = [ReviewKind::NetworkPolicy, ReviewKind::Namespace, ReviewKind::Other];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReviewKind::NetworkPolicy => "NetworkPolicy",
+            ReviewKind::Namespace => "Namespace",
+            ReviewKind::Other => "other",
+        }
+    }
+}
+
+/// What a review came to, for the metrics and the log: the verdict, or `Error` for a review denied because its
+/// object could not be read as its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecisionLabel {
+    Allow,
+    Patch,
+    Warn,
+    Deny,
+    Error,
+}
+
+impl DecisionLabel {
+    pub const ALL: [DecisionLabel; 5] =
+        [DecisionLabel::Allow, DecisionLabel::Patch, DecisionLabel::Warn, DecisionLabel::Deny, DecisionLabel::Error];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecisionLabel::Allow => "allow",
+            DecisionLabel::Patch => "patch",
+            DecisionLabel::Warn => "warn",
+            DecisionLabel::Deny => "deny",
+            DecisionLabel::Error => "error",
         }
     }
 }
@@ -81,247 +135,15 @@ pub enum ReviewError {
     NoUid,
 }
 
-// === The review as kube-apiserver sends it ===
-
-/// The review, with its objects as `O`: [`AnyObject`] when read in one pass, raw JSON in the two-pass fallback.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-#[serde(bound(deserialize = "O: Deserialize<'de>"))]
-struct ReviewIn<'a, O> {
-    #[serde(default, borrow)]
-    api_version: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    kind: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    request: Option<RequestIn<'a, O>>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-#[serde(bound(deserialize = "O: Deserialize<'de>"))]
-struct RequestIn<'a, O> {
-    #[serde(default, borrow)]
-    uid: Cow<'a, str>,
-    #[serde(borrow)]
-    kind: KindIn<'a>,
-    #[serde(default, borrow)]
-    sub_resource: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    name: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    namespace: Option<Cow<'a, str>>,
-    operation: KubeOperation,
-    #[serde(default, borrow)]
-    user_info: UserInfoIn<'a>,
-    #[serde(default)]
-    object: Option<O>,
-    #[serde(default)]
-    old_object: Option<O>,
-    #[serde(default)]
-    dry_run: Option<bool>,
-}
-
-/// An object read in the envelope's own pass, before its kind is known: the fields of a NetworkPolicy, of which a
-/// Namespace reads the metadata. Decoded as [`crate::rules::NetworkPolicy`] is, but for the annotations' values
-/// (see [`MetadataIn`]).
-///
-/// Why: reading the objects as raw JSON and then again as their kind scans every byte of them twice; this single
-/// pass takes a typical NetworkPolicy CREATE from ~71,000 to ~50,000 instructions (callgrind,
-/// `examples/profile_review`), and the 1,000-rule UPDATE from 28.7 to 16.9 million.
-/// An object that does not read as this (a Namespace whose `spec` a NetworkPolicy's could not be, a deeper object
-/// than the parser's depth limit allows inside the envelope, any error at all) sends the whole review down the
-/// two-pass path, whose answer, error messages included, is the reference: the fast path may refuse more, never
-/// accept more (`tests::one_pass_answers_as_two_passes` compares them).
-#[derive(Deserialize)]
-struct AnyObject<'a> {
-    #[serde(default, borrow, deserialize_with = "object_or_null")]
-    metadata: MetadataIn<'a>,
-    #[serde(default, deserialize_with = "object_or_null")]
-    spec: PolicySpec,
-}
-
-/// [`Metadata`] as the one pass reads it: the same fields and the same rules (keep the two in step; building a
-/// `Metadata` from it names every field), except that each annotation's value is kept as raw JSON and only the
-/// exception keys' values are decoded, in [`MetadataIn::into_metadata`].
-///
-/// Why: `kubectl.kubernetes.io/last-applied-configuration` is the whole object again as an escaped string;
-/// unescaping it into a `String` that no rule reads took seven reallocations of the parser's scratch buffer and
-/// ~6,000 of a typical CREATE's ~50,000 instructions.
-#[derive(Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct MetadataIn<'a> {
-    #[serde(default, deserialize_with = "null_as_default")]
-    name: String,
-    #[serde(default, deserialize_with = "null_as_default")]
-    generate_name: String,
-    #[serde(default)]
-    namespace: Option<String>,
-    #[serde(default, deserialize_with = "null_as_default")]
-    labels: BTreeMap<String, String>,
-    #[serde(default, borrow, deserialize_with = "null_as_default")]
-    annotations: RawAnnotations<'a>,
-    #[serde(default)]
-    deletion_timestamp: Option<String>,
-}
-
-/// Annotations with their values as raw JSON, in document order.
-#[derive(Default)]
-struct RawAnnotations<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for RawAnnotations<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visitor<'a> {
-            type Value = RawAnnotations<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a map of strings")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut entries = Vec::new();
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                    let value: &'de RawValue = map.next_value()?;
-                    // What a `String` would not take must not pass here either. JSON syntax and control
-                    // characters the parser checked while skipping the value, but not lone surrogates (`\ud800`):
-                    // a value with a `\u` escape is decoded here to be sure.
-                    let text = value.get();
-                    let string = text.starts_with('"')
-                        && (!text.contains("\\u") || serde_json::from_str::<String>(text).is_ok());
-                    if !string {
-                        return Err(serde::de::Error::custom("an annotation's value is not a string"));
-                    }
-                    entries.push((key, value));
-                }
-                Ok(RawAnnotations(entries))
-            }
-        }
-        d.deserialize_map(Visitor(std::marker::PhantomData))
-    }
-}
-
-impl MetadataIn<'_> {
-    /// The rules' `Metadata`, with the annotations they read: the exception keys (a key given twice: the last
-    /// wins, as in a map).
-    fn into_metadata(self, keys: &ExceptionKeys) -> Metadata {
-        let mut annotations = BTreeMap::new();
-        for (key, value) in self.annotations.0 {
-            if *key == *keys.reason || *key == *keys.expires {
-                let value: String = serde_json::from_str(value.get()).expect("checked to be a string");
-                annotations.insert(key.into_owned(), value);
-            }
-        }
-        Metadata {
-            name: self.name,
-            generate_name: self.generate_name,
-            namespace: self.namespace,
-            labels: self.labels,
-            annotations,
-            deletion_timestamp: self.deletion_timestamp,
-        }
-    }
-}
-
-/// How an object field turns into the kind that the request names.
-trait ObjectIn {
-    /// `field`: `object` or `oldObject`, for the error message.
-    fn read_as<K: Kind>(self, field: &str, keys: &ExceptionKeys) -> Result<K, String>;
-}
-
-impl ObjectIn for AnyObject<'_> {
-    fn read_as<K: Kind>(self, _: &str, keys: &ExceptionKeys) -> Result<K, String> {
-        Ok(K::from_parts(self.metadata.into_metadata(keys), self.spec))
-    }
-}
-
-impl ObjectIn for &RawValue {
-    fn read_as<K: Kind>(self, field: &str, _: &ExceptionKeys) -> Result<K, String> {
-        decode(self.get()).map_err(|e| match e.path {
-            Some(path) => format!("{field}.{path}: {}", e.error),
-            None => format!("{field}: {}", e.error),
-        })
-    }
-}
-
-/// kube's `GroupVersionKind`, read the same way (same fields, same name in error messages), borrowing its text
-/// instead of allocating three strings per review.
-#[derive(Deserialize)]
-#[serde(rename = "GroupVersionKind")]
-struct KindIn<'a> {
-    #[serde(borrow)]
-    group: Cow<'a, str>,
-    #[serde(borrow)]
-    version: Cow<'a, str>,
-    #[serde(borrow)]
-    kind: Cow<'a, str>,
-}
-
-/// The kinds the rules read.
-trait Kind: for<'de> Deserialize<'de> {
-    fn from_parts(metadata: Metadata, spec: PolicySpec) -> Self;
-}
-
-impl Kind for NetworkPolicy {
-    fn from_parts(metadata: Metadata, spec: PolicySpec) -> Self {
-        NetworkPolicy { metadata, spec }
-    }
-}
-
-impl Kind for Namespace {
-    fn from_parts(metadata: Metadata, _: PolicySpec) -> Self {
-        Namespace { metadata }
-    }
-}
-
-#[derive(Default, Deserialize)]
-struct UserInfoIn<'a> {
-    #[serde(default, borrow)]
-    username: Option<Cow<'a, str>>,
-}
-
-// === The answer ===
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ReviewOut<'a> {
-    api_version: &'a str,
-    kind: &'static str,
-    response: ResponseOut<'a>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ResponseOut<'a> {
-    uid: &'a str,
-    allowed: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    status: Option<StatusOut<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    patch_type: Option<&'static str>,
-    /// Standard base64 of the JSON Patch, the API's encoding of `[]byte`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    patch: Option<k8s_openapi::ByteString>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    audit_annotations: &'a BTreeMap<String, String>,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    warnings: &'a [String],
-}
-
-/// A `metav1.Status`, as kube-apiserver reads it from a denial.
-#[derive(Serialize)]
-struct StatusOut<'a> {
-    status: &'static str,
-    code: u16,
-    reason: &'static str,
-    message: &'a str,
-}
-
 /// One review, answered: the response body and what the log line and the metrics say about it.
 #[derive(Debug)]
 pub struct Reviewed {
     pub body: Vec<u8>,
     pub uid: String,
-    /// The request's kind (e.g. `NetworkPolicy`).
-    pub kind: String,
-    pub operation: &'static str,
+    pub kind: ReviewKind,
+    /// `request.kind.kind` as sent (for the log line only: a label would let a client grow the metrics).
+    pub kind_sent: String,
+    pub operation: Operation,
     pub namespace: String,
     pub name: String,
     pub user: String,
@@ -332,10 +154,23 @@ pub struct Reviewed {
 }
 
 impl Reviewed {
-    /// The `decision` label of the metrics: the verdict, or `error` for a review denied because its object could
-    /// not be read.
-    pub fn decision_label(&self) -> &'static str {
-        if self.unreadable { "error" } else { self.decision.verdict.as_str() }
+    /// Whether the decision changes something or needs a person: a denial, a warning, a patch, an exception
+    /// used, an object that could not be read. The rest are plain allows.
+    pub fn notable(&self) -> bool {
+        let d = &self.decision;
+        self.decision_label() != DecisionLabel::Allow || d.exception_used || !d.warnings.is_empty()
+    }
+
+    pub fn decision_label(&self) -> DecisionLabel {
+        if self.unreadable {
+            return DecisionLabel::Error;
+        }
+        match self.decision.verdict {
+            Verdict::Allow => DecisionLabel::Allow,
+            Verdict::Patch => DecisionLabel::Patch,
+            Verdict::Warn => DecisionLabel::Warn,
+            Verdict::Deny => DecisionLabel::Deny,
+        }
     }
 }
 
@@ -397,7 +232,8 @@ fn answer<O: ObjectIn>(
         KubeOperation::Delete => Operation::Delete,
         KubeOperation::Connect => Operation::Connect,
     };
-    let judged = judge(settings, facts, webhook, &mut req, operation, now);
+    let kind = review_kind(&req.kind);
+    let judged = judge(settings, facts, webhook, kind, &mut req, operation, now);
 
     let patch = judged.decision.set_label.as_ref().map(|set| {
         let bytes = serde_json::to_vec(&label_patch(set)).expect("a JSON Patch always serializes");
@@ -428,13 +264,9 @@ fn answer<O: ObjectIn>(
     Ok(Reviewed {
         body,
         uid: req.uid.into_owned(),
-        kind: req.kind.kind.into_owned(),
-        operation: match operation {
-            Operation::Create => "CREATE",
-            Operation::Update => "UPDATE",
-            Operation::Delete => "DELETE",
-            Operation::Connect => "CONNECT",
-        },
+        kind,
+        kind_sent: req.kind.kind.into_owned(),
+        operation,
         namespace: judged.namespace,
         name: judged.name,
         user: req.user_info.username.unwrap_or_default().into_owned(),
@@ -444,7 +276,7 @@ fn answer<O: ObjectIn>(
     })
 }
 
-struct Judged {
+struct JudgedRequest {
     decision: Decision,
     namespace: String,
     name: String,
@@ -456,21 +288,32 @@ fn is_kind<K: k8s_openapi::Resource>(gvk: &KindIn<'_>) -> bool {
     gvk.group == K::GROUP && gvk.version == K::VERSION && gvk.kind == K::KIND
 }
 
+fn review_kind(gvk: &KindIn<'_>) -> ReviewKind {
+    if is_kind::<NetworkPolicyKind>(gvk) {
+        ReviewKind::NetworkPolicy
+    } else if is_kind::<NamespaceKind>(gvk) {
+        ReviewKind::Namespace
+    } else {
+        ReviewKind::Other
+    }
+}
+
 /// Reads the request's objects as the kind it names and runs the rules registered for `webhook`.
 fn judge<O: ObjectIn>(
     settings: &Settings,
     facts: &dyn NamespaceLookup,
     webhook: Webhook,
+    kind: ReviewKind,
     req: &mut RequestIn<'_, O>,
     operation: Operation,
     now: Timestamp,
-) -> Judged {
+) -> JudgedRequest {
     let (object, old_object) = (req.object.take(), req.old_object.take());
     let keys = &settings.exception_keys;
     let request_name = req.name.as_deref().unwrap_or_default();
     let request_namespace = req.namespace.as_deref().unwrap_or_default();
     let user = req.user_info.username.as_deref().unwrap_or_default();
-    let untouched = |why: &str| Judged {
+    let untouched = |why: &str| JudgedRequest {
         decision: Decision::allow(None, why),
         namespace: request_namespace.to_owned(),
         name: request_name.to_owned(),
@@ -481,7 +324,7 @@ fn judge<O: ObjectIn>(
         return untouched("subresource requests are not judged");
     }
 
-    if is_kind::<NetworkPolicyKind>(&req.kind) {
+    if kind == ReviewKind::NetworkPolicy {
         if webhook != Webhook::Validate {
             return untouched("NetworkPolicies are judged by /validate");
         }
@@ -499,7 +342,7 @@ fn judge<O: ObjectIn>(
         };
         let namespace = request.policy_namespace();
         let decision = settings.judge_network_policy(&request, facts.facts(settings, namespace), now);
-        return Judged {
+        return JudgedRequest {
             namespace: namespace.to_owned(),
             name: request.object_name().to_owned(),
             decision,
@@ -507,7 +350,7 @@ fn judge<O: ObjectIn>(
         };
     }
 
-    if is_kind::<NamespaceKind>(&req.kind) {
+    if kind == ReviewKind::Namespace {
         let judge_ns: fn(&Settings, &Request<'_, Namespace>, Timestamp) -> Decision = match (webhook, operation) {
             (Webhook::Validate, Operation::Update) => Settings::judge_namespace_update,
             (Webhook::Mutate, Operation::Create) => Settings::judge_namespace_create,
@@ -526,7 +369,7 @@ fn judge<O: ObjectIn>(
             old_object: old_object.as_ref(),
         };
         let decision = judge_ns(settings, &request, now);
-        return Judged {
+        return JudgedRequest {
             namespace: String::new(),
             name: request.object_name().to_owned(),
             decision,
@@ -547,74 +390,15 @@ fn read_objects<K: Kind, O: ObjectIn>(
     Ok((read(object, "object")?, read(old_object, "oldObject")?))
 }
 
-/// A decoding error and where it happened (`None`: at the top).
-struct DecodeError {
-    path: Option<String>,
-    error: String,
-}
-
-impl std::fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.path {
-            Some(path) => write!(f, "{path}: {}", self.error),
-            None => f.write_str(&self.error),
-        }
-    }
-}
-
-/// Decodes JSON, and on failure says where. The path is only tracked
-/// when decoding has failed, since tracking it costs an allocation per object key on the fast path.
-fn decode<'de, T: Deserialize<'de>>(input: impl Input<'de>) -> Result<T, DecodeError> {
-    input.parse().map_err(|first| {
-        let mut de = input.deserializer();
-        let tracked: Result<T, _> = serde_path_to_error::deserialize(&mut de);
-        match tracked {
-            Err(e) => {
-                let path = e.path().to_string();
-                DecodeError { path: (path != ".").then_some(path), error: e.into_inner().to_string() }
-            }
-            // Trailing characters: the tracked run stops before them.
-            Ok(_) => DecodeError { path: None, error: first.to_string() },
-        }
-    })
-}
-
-/// JSON input: bytes, or text already known to be UTF-8 (which the parser then does not check again).
-trait Input<'de>: Copy {
-    type Read: serde_json::de::Read<'de>;
-    fn parse<T: Deserialize<'de>>(self) -> serde_json::Result<T>;
-    fn deserializer(self) -> serde_json::Deserializer<Self::Read>;
-}
-
-impl<'de> Input<'de> for &'de [u8] {
-    type Read = serde_json::de::SliceRead<'de>;
-    fn parse<T: Deserialize<'de>>(self) -> serde_json::Result<T> {
-        serde_json::from_slice(self)
-    }
-    fn deserializer(self) -> serde_json::Deserializer<Self::Read> {
-        serde_json::Deserializer::from_slice(self)
-    }
-}
-
-impl<'de> Input<'de> for &'de str {
-    type Read = serde_json::de::StrRead<'de>;
-    fn parse<T: Deserialize<'de>>(self) -> serde_json::Result<T> {
-        serde_json::from_str(self)
-    }
-    fn deserializer(self) -> serde_json::Deserializer<Self::Read> {
-        serde_json::Deserializer::from_str(self)
-    }
-}
-
 /// Fail closed: an object that is not what its kind says is denied, whatever the rule modes.
-fn unreadable(kind: &str, namespace: &str, name: &str, error: String) -> Judged {
+fn unreadable(kind: &str, namespace: &str, name: &str, error: String) -> JudgedRequest {
     let mut decision = Decision::allow(None, String::new());
     decision.verdict = Verdict::Deny;
     decision.message = format!(
         "default-deny-guard cannot read the request's {kind} ({error}), so it cannot tell whether a rule applies; \
          denied to stay safe"
     );
-    Judged { decision, namespace: namespace.to_owned(), name: name.to_owned(), unreadable: true }
+    JudgedRequest { decision, namespace: namespace.to_owned(), name: name.to_owned(), unreadable: true }
 }
 
 /// The JSON Patch that sets R4's label: into the existing `metadata.labels`, or as a new map.
@@ -625,11 +409,6 @@ pub fn label_patch(set: &SetLabel) -> Patch {
         (PointerBuf::from_tokens(["metadata", "labels"]), serde_json::json!({ &set.key: &set.value }))
     };
     Patch(vec![PatchOperation::Add(AddOperation { path, value })])
-}
-
-/// The rule label of the metrics: the rule that decided, or `none`.
-pub fn rule_label(rule: Option<RuleId>) -> &'static str {
-    rule.map_or("none", RuleId::as_str)
 }
 
 #[cfg(test)]
