@@ -532,6 +532,7 @@ def test_default_flags():
                             "system:serviceaccount:kube-system:generic-garbage-collector",
         "namespace-cache": "auto",
         "shutdown-timeout": "25s",
+        "shutdown-delay": "5s",
     }
     assert r.container["image"] == "default-deny-guard:0.1.0"
 
@@ -624,7 +625,8 @@ def test_ha_defaults():
     assert pdb["spec"]["selector"]["matchLabels"] == d["spec"]["selector"]["matchLabels"]
     assert pdb["spec"]["maxUnavailable"] == 1 and "minAvailable" not in pdb["spec"]
     assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
-    assert r.container["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
+    assert "lifecycle" not in r.container, "the webhook's own drain pauses, not a preStop hook"
+    assert r.flags()["shutdown-delay"] == "5s"
     grace = r.pod["terminationGracePeriodSeconds"]
     assert grace >= 5 + int(r.flags()["shutdown-timeout"].rstrip("s"))
     assert r.pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
@@ -660,18 +662,27 @@ def test_hpa():
     assert targets == {"cpu": 70, "memory": 80}
 
 
-def test_the_pause_is_the_servers_own_before_kubernetes_1_29():
-    r = render()
-    assert "shutdown-delay" not in r.flags(), "1.29+: the preStop sleep action pauses"
-    r = render(kube_version="1.28.0")
+def test_the_pause_is_the_servers_own_drain_unless_the_kubelets_sleep_is_asked_for_on_1_29():
+    for kube_version in ("1.25.0", "1.28.0", "1.29.0", "1.33.0"):
+        r = render(kube_version=kube_version)
+        assert "lifecycle" not in r.container, kube_version
+        assert r.flags()["shutdown-delay"] == "5s", "serve drains itself: unready at SIGTERM, connections told to move"
+    kubelet = {"preStop": {"by": "kubelet"}}
+    r = render(values=kubelet)
+    assert r.container["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
+    assert "shutdown-delay" not in r.flags(), "the sleep action pauses; serve closes at SIGTERM"
+    assert r.pod["terminationGracePeriodSeconds"] >= 5 + int(r.flags()["shutdown-timeout"].rstrip("s"))
+    r = render(kube_version="1.28.0", values=kubelet)
     assert "lifecycle" not in r.container, "no sleep action before 1.29"
-    assert r.flags()["shutdown-delay"] == "5s", "serve pauses itself: unready at SIGTERM, serving on"
+    assert r.flags()["shutdown-delay"] == "5s"
     assert r.pod["terminationGracePeriodSeconds"] >= 5 + int(r.flags()["shutdown-timeout"].rstrip("s"))
     r = render(kube_version="1.28.0", values={"preStop": {"enabled": False}})
     assert "lifecycle" not in r.container and "shutdown-delay" not in r.flags()
     assert "unhealthyPodEvictionPolicy" in r.one("PodDisruptionBudget")["spec"]
     r = render(kube_version="1.26.0", values={"preStop": {"enabled": False}})
     assert "unhealthyPodEvictionPolicy" not in r.one("PodDisruptionBudget")["spec"], "field is 1.27+"
+    err = render_error(values={"preStop": {"by": "sleep"}})
+    assert "preStop.by" in err and "kubelet" in err, err
 
 
 def test_grace_period_must_cover_the_shutdown():

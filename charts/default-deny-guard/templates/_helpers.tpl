@@ -373,11 +373,11 @@ Settings that would deploy something broken fail the rendering, with the reason 
 {{- end }}
 
 {{/*
-How the shutdown pause is taken: "preStop" (the kubelet's sleep action, Kubernetes 1.29+), "server" (serve's own
---shutdown-delay, for older clusters), or "" (no pause).
+How the shutdown pause is taken: "server" (serve's own drain, --shutdown-delay: the default, and the only way before
+Kubernetes 1.29), "preStop" (the kubelet's sleep action, with preStop.by=kubelet on 1.29+), or "" (no pause).
 */}}
 {{- define "default-deny-guard.pauseBy" -}}
 {{- if .Values.preStop.enabled -}}
-{{- ternary "preStop" "server" (semverCompare ">=1.29-0" .Capabilities.KubeVersion.Version) -}}
+{{- ternary "preStop" "server" (and (eq .Values.preStop.by "kubelet") (semverCompare ">=1.29-0" .Capabilities.KubeVersion.Version)) -}}
 {{- end -}}
 {{- end }}
