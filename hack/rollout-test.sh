@@ -23,7 +23,8 @@
 #
 # Usage:  hack/rollout-test.sh                 both clients, 10 rounds of 3 replicas (about 6 minutes)
 #         ROLLOUT_SHORT=1 hack/rollout-test.sh  CI: 2 rounds, both clients (about 2 minutes)
-# Knobs:  ROUNDS REPLICAS DELAY CONNS KUBECTL_LOOPS PAUSE=server|prestop CLIENTS="load cluster"
+# Knobs:  ROUNDS REPLICAS DELAY CONNS KUBECTL_LOOPS PAUSE=server|prestop CLIENTS="load cluster" LOAD_HTTP2=1 (the
+#         load harness over HTTP/2, as kube-apiserver speaks to webhooks)
 #         ROLLOUT_BIN (a `default-deny-guard` binary to test instead of this tree's release build: the before/after
 #         comparison), ROLLOUT_LOADGEN (likewise examples/loadgen), OUT (target/rollout), APISERVER_PORT ETCD_PORT KUBE_LOCAL_RUN (the cluster's, default free
 #         ports and a directory under OUT).
@@ -247,7 +248,9 @@ teardown() {
 # --- Client 1: the load harness ---
 run_load() {
   rollout load
-  "$LOADGEN" --url "https://127.0.0.1:$LB_PORT" --ca "$WORK/ca-bundle.crt" --connections "$CONNS" --duration 1h \
+  local http2=()
+  [ "${LOAD_HTTP2:-0}" = 1 ] && http2=(--http2)
+  "$LOADGEN" --url "https://127.0.0.1:$LB_PORT" --ca "$WORK/ca-bundle.crt" --connections "$CONNS" --duration 1h "${http2[@]}" \
     --warmup 0s --interval 5s --label rollout --json "$RUN_OUT/load.json" >"$RUN_OUT/loadgen.log" 2>&1 &
   local load=$!
   PIDS+=("$load")
