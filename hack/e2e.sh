@@ -10,7 +10,8 @@
 #   5. cargo test --release --locked --test e2e -- --ignored --test-threads=1
 #   6. the teardown scenarios again, on a control plane whose controller manager acts under its own identity
 #      (KCM_SERVICE_ACCOUNTS=0): there only the namespace's deletionTimestamp tells a teardown from a deletion
-#   7. hack/kube-local/down.sh           always (EXIT trap), whatever happened before; stops by saved PIDs
+#   7. tests/e2e_policies.rs (the in-API-server policies against the webhook) on a fresh control plane
+#   8. hack/kube-local/down.sh           always (EXIT trap), whatever happened before; stops by saved PIDs
 # and prints a summary line with each step's duration.
 #
 # Usage: hack/e2e.sh [TEST-NAME-FILTER]      e.g. hack/e2e.sh teardown
@@ -108,13 +109,13 @@ finish() {
   fi
   if [ "$rc" = 0 ]; then result=PASSED; fi
   local facts
-  for facts in "$WORK"/suite/facts.txt "$WORK"/suite-own-identity/facts.txt; do
+  for facts in "$WORK"/suite/facts.txt "$WORK"/suite-own-identity/facts.txt "$WORK"/suite-policies/facts.txt; do
     [ -s "$facts" ] || continue
     log "what the API server did ($(basename "$(dirname "$facts")")):"
     sed 's/^/    /' "$facts" >&2
   done
   local durations="" s
-  for s in provision tools build up suite up-own-identity suite-own-identity down; do
+  for s in provision tools build up suite up-own-identity suite-own-identity up-policies suite-policies down; do
     [ -n "${took[$s]:-}" ] && durations+=" $s ${took[$s]}s,"
   done
   printf '[e2e] %s%s in %ss:%s\n' "$result" "${detail:+ ($detail)}" "$((SECONDS - start))" "${durations%,}"
@@ -145,7 +146,7 @@ case $built in /*) ;; *) built=$ROOT/$built ;; esac
 export DDG_E2E_BIN=$WORK/bin/default-deny-guard
 mkdir -p "$WORK/bin"
 # shellcheck disable=SC2016 # expanded by the inner shell
-run_step build 2400 bash -c 'cargo build --release --locked && cp "$1" "$2" && cargo test --release --locked --test e2e --no-run' \
+run_step build 2400 bash -c 'cargo build --release --locked && cp "$1" "$2" && cargo test --release --locked --test e2e --test e2e_policies --no-run' \
   _ "$built" "$DDG_E2E_BIN"
 [ -x "$DDG_E2E_BIN" ] || { log "no binary at $DDG_E2E_BIN"; exit 1; }
 
@@ -179,6 +180,25 @@ if [ -z "$FILTER" ] || [[ "$FILTER" == *teardown* ]]; then
     cargo test --release --locked --test e2e -- --ignored --test-threads=1 teardown 2>&1 | tee "$1"' _ "$own_log" \
     || rc=$?
   detail+=", own identity: $(grep -Eo '[0-9]+ passed; [0-9]+ failed' "$own_log" | tail -n 1 || true)"
+fi
+[ "$rc" = 0 ] || exit "$rc"
+
+# The in-API-server policies against the webhook (tests/e2e_policies.rs), on a fresh control plane: the suite above
+# leaves its webhook configurations registered at a webhook that is gone.
+if [ -z "$FILTER" ] || [[ "$FILTER" == *polic* || "$FILTER" == *match* ]]; then
+  timeout --kill-after=10 120 hack/kube-local/down.sh >/dev/null || true
+  export KUBE_LOCAL_RUN=$WORK/kube-local-policies DDG_E2E_WORK=$WORK/suite-policies
+  unset DDG_E2E_KCM_IDENTITY
+  mkdir -p "$DDG_E2E_WORK"
+  run_step up-policies 300 hack/kube-local/up.sh >"$WORK/kubeconfig-path"
+  DDG_E2E_KUBECONFIG=$(tail -n 1 "$WORK/kubeconfig-path")
+  export DDG_E2E_AUDIT_LOG=$KUBE_LOCAL_RUN/audit.log
+  policies_log=$WORK/suite-policies.out
+  # shellcheck disable=SC2016 # expanded by the inner shell
+  run_step suite-policies 900 bash -c 'set -o pipefail
+    cargo test --release --locked --test e2e_policies -- --ignored --test-threads=1 2>&1 | tee "$1"' _ "$policies_log" \
+    || rc=$?
+  detail+=", policies: $(grep -Eo '[0-9]+ passed; [0-9]+ failed' "$policies_log" | tail -n 1 || true)"
 fi
 exit "$rc"
 }

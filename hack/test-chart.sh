@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Tests the Helm chart and the Dockerfile without a cluster or a Docker engine:
 #   1. helm lint --strict                 default values and every ci/*-values.yaml mode
-#   2. helm template | kubernetes-validate --strict -k $KUBE_VERSION, every mode (built-in kinds only: CRD kinds such
+#   2. helm template | kubernetes-validate --strict -k $CHART_KUBE_VERSION (default 1.37.0), every mode (built-in kinds only: CRD kinds such
 #      as cert-manager's Certificate and prometheus-operator's ServiceMonitor have no schema offline; they are
 #      filtered out by tests/chart/builtin_kinds.py, named in the log, and checked by the assertions instead)
 #   3. pytest tests/chart                 assertions on the rendered YAML (webhooks, ports, probes, security,
@@ -15,7 +15,7 @@ set -uo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 chart=$root/charts/default-deny-guard
-kube_version=${KUBE_VERSION:-1.33.0}
+kube_version=${CHART_KUBE_VERSION:-1.37.0}
 release=ddg
 namespace=ddg-system
 
@@ -56,7 +56,7 @@ for f in "$chart"/ci/*-values.yaml; do
 done
 
 values_file() { if [ "$1" = default ]; then echo /dev/null; else echo "$chart/ci/$1-values.yaml"; fi; }
-lint() { helm lint --strict "$chart" --values "$(values_file "$1")"; }
+lint() { helm lint --strict --kube-version "$kube_version" "$chart" --values "$(values_file "$1")"; }
 # validate MODE [KUBE_VERSION [HELM_ARGS...]]: renders for that Kubernetes version and validates against its schemas.
 validate() {
   local mode=$1 version=${2:-$kube_version}
@@ -76,11 +76,10 @@ for m in "${modes[@]}"; do check "lint $m" lint "$m"; done
 
 echo "helm template | kubernetes-validate --strict -k $kube_version (built-in kinds):"
 for m in "${modes[@]}"; do check "validate $m" validate "$m"; done
-echo "oldest Kubernetes versions the chart supports (Chart.yaml kubeVersion; the preStop sleep action from 1.29, serve's --shutdown-delay before):"
-check "validate default on 1.29.0" validate default 1.29.0
-check "validate options on 1.28.0" validate options 1.28.0
-check "validate default on 1.25.0" validate default 1.25.0
-check "validate reconciler-cronjob on 1.25.0" validate reconciler-cronjob 1.25.0
+echo "the oldest Kubernetes version the chart supports (Chart.yaml kubeVersion: the oldest the end-to-end suite runs on):"
+check "validate default on 1.34.0" validate default 1.34.0
+check "validate options on 1.34.0" validate options 1.34.0
+check "validate reconciler-cronjob on 1.34.0" validate reconciler-cronjob 1.34.0
 
 echo "hadolint:"
 check "hadolint --failure-threshold warning Dockerfile" hadolint --failure-threshold warning "$root/Dockerfile"

@@ -2,10 +2,10 @@
 //!
 //! The review is decoded with the objects kept as raw JSON, and each is then read as the kind the request names.
 //! kube's `AdmissionRequest<T>` decodes the object eagerly, so an object that is not what its kind says would make
-//! the whole review unreadable, where the webhook must deny it with a message that says what was wrong (SPEC
-//! section 4). The answer is written here too: kube's `AdmissionResponse` sends the patch as a JSON array of numbers
-//! rather than base64, and its `invalid()` answers with an empty uid and always `admission.k8s.io/v1`, which
-//! kube-apiserver counts as a failed call. kube's `Operation` is used as it is.
+//! the whole review unreadable, where the webhook must deny it with a message that says what was wrong
+//! (docs/design.md section 4). The answer is written here too: kube's `AdmissionResponse` sends the patch as a JSON
+//! array of numbers rather than base64, and its `invalid()` answers with an empty uid and always
+//! `admission.k8s.io/v1`, which kube-apiserver counts as a failed call. kube's `Operation` is used as it is.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -63,8 +63,16 @@ impl NamespaceLookup for () {
 pub enum ReviewError {
     #[error("the body is not a readable AdmissionReview: {0}")]
     Decode(String),
-    #[error("the body is a {0:?}, not an AdmissionReview")]
+    #[error(
+        "the body is a {0:?}, not an AdmissionReview: send the AdmissionReview that kube-apiserver sends \
+         (kind AdmissionReview, apiVersion {API_VERSION_V1}, a request with a uid)"
+    )]
     NotAReview(String),
+    #[error(
+        "the body has no \"kind\": an AdmissionReview was expected (kind AdmissionReview, apiVersion \
+         {API_VERSION_V1}, a request with a uid)"
+    )]
+    NoKind,
     #[error("unsupported AdmissionReview apiVersion {0:?}: expected {API_VERSION_V1} or {API_VERSION_V1BETA1}")]
     Version(String),
     #[error("the AdmissionReview has no request")]
@@ -371,7 +379,8 @@ fn answer<O: ObjectIn>(
 ) -> Result<Reviewed, ReviewError> {
     match review.kind.as_deref() {
         Some("AdmissionReview") => {}
-        other => return Err(ReviewError::NotAReview(other.unwrap_or_default().to_owned())),
+        Some(other) => return Err(ReviewError::NotAReview(other.to_owned())),
+        None => return Err(ReviewError::NoKind),
     }
     let api_version = review.api_version.unwrap_or_default();
     if api_version != API_VERSION_V1 && api_version != API_VERSION_V1BETA1 {
@@ -631,7 +640,7 @@ mod tests {
     #[test]
     fn one_pass_answers_as_two_passes() {
         let mut bodies: Vec<(String, Vec<u8>)> = Vec::new();
-        for dir in ["apiserver-1.20", "hostile"] {
+        for dir in ["apiserver-1.37", "apiserver-1.20", "hostile"] {
             let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(dir);
             for entry in std::fs::read_dir(&dir).unwrap() {
                 let path = entry.unwrap().path();

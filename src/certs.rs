@@ -48,6 +48,8 @@ pub enum CertError {
         .existing.join(", ")
     )]
     Exists { dir: PathBuf, existing: Vec<&'static str> },
+    #[error("{}: already there; pass --force to replace it (and the set with it)", .0.display())]
+    BundleExists(PathBuf),
     #[error(
         "{what} {value:?} is not a DNS label (1 to 63 lower-case letters, digits and '-', starting and ending with a letter or digit)"
     )]
@@ -64,7 +66,8 @@ pub struct Subject {
 
 impl Subject {
     /// A webhook behind a Service: every name the API server may use for it (`NAME`, `NAME.NS`, `NAME.NS.svc`,
-    /// `NAME.NS.svc.<domain>`), plus 127.0.0.1 for local runs and `ips`.
+    /// `NAME.NS.svc.<domain>`), plus `localhost` and 127.0.0.1 for local runs (`serve --tls-cert` on a laptop, as
+    /// `certs` suggests, answers `https://localhost:8443`) and `ips`.
     pub fn for_service(
         service: &str,
         namespace: &str,
@@ -83,6 +86,7 @@ impl Subject {
             format!("{service}.{namespace}"),
             format!("{service}.{namespace}.svc"),
             format!("{service}.{namespace}.svc.{domain}"),
+            "localhost".to_owned(),
         ];
         let mut all_ips = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
         for ip in ips {
@@ -247,7 +251,9 @@ pub fn ensure_dev(dir: &Path) -> Result<DevCertificate, CertError> {
 pub fn run(args: &CertsArgs) -> ExitCode {
     match issue(args) {
         Ok(report) => {
-            println!("{}", report.ca_bundle);
+            if args.ca_bundle_out.is_none() {
+                println!("{}", report.ca_bundle);
+            }
             eprint!("{}", report.notes);
             ExitCode::SUCCESS
         }
@@ -266,7 +272,19 @@ struct Issued {
 fn issue(args: &CertsArgs) -> Result<Issued, CertError> {
     let subject = Subject::for_service(&args.service, &args.namespace, &args.cluster_domain, &args.ip, args.days)?;
     let set = CertificateSet::generate(&subject)?;
+    // Checked before the set is written, so that a refusal writes nothing at all.
+    if let Some(bundle) = &args.ca_bundle_out
+        && !args.force
+        && bundle.symlink_metadata().is_ok()
+    {
+        return Err(CertError::BundleExists(bundle.clone()));
+    }
     set.write(&args.out, args.force)?;
+    if let Some(bundle) = &args.ca_bundle_out {
+        let text = format!("{}\n", set.ca_bundle());
+        write_file(bundle, text.as_bytes(), false, args.force)
+            .map_err(|source| CertError::Io { path: bundle.clone(), source })?;
+    }
     let path = |file: &str| args.out.join(file).display().to_string();
     let names: Vec<String> =
         subject.dns_names.iter().cloned().chain(subject.ips.iter().map(ToString::to_string)).collect();
@@ -274,13 +292,18 @@ fn issue(args: &CertsArgs) -> Result<Issued, CertError> {
         .and_then(|t| jiff::Timestamp::from_second(t).ok())
         .map_or_else(|| format!("{} days from now", subject.days), |t| t.to_string());
     let (ca, cert, key) = (path(CA_FILE), path(CERT_FILE), path(KEY_FILE));
+    let bundle_at = match &args.ca_bundle_out {
+        Some(file) => format!("in {}", file.display()),
+        None => "on stdout".to_owned(),
+    };
     let notes = format!(
         "wrote {ca}, {cert} and {key} (the key readable by its owner only, mode 0600)\n\
          the certificate is for {names} and valid until {until}\n\
-         the caBundle (base64 of {ca}) is on stdout, for clientConfig.caBundle of the webhook configurations; the \
+         the caBundle (base64 of {ca}) is {bundle_at}, for clientConfig.caBundle of the webhook configurations; the \
          CA's key was not kept, so another run makes another CA\n\
          in the cluster: kubectl -n {ns} create secret tls {service}-tls --cert={cert} --key={key}\n\
-         locally: default-deny-guard serve --tls-cert {cert} --tls-key {key}\n",
+         locally: default-deny-guard serve --tls-cert {cert} --tls-key {key} (then https://localhost:8443, \
+         trusting {ca})\n",
         names = names.join(", "),
         ns = args.namespace,
         service = args.service,
@@ -317,7 +340,7 @@ mod tests {
     #[test]
     fn service_subject_names_every_form_of_the_service() {
         let s = Subject::for_service("guard", "ddg", "cluster.local.", &["10.0.0.7".parse().unwrap()], 30).unwrap();
-        assert_eq!(s.dns_names, ["guard", "guard.ddg", "guard.ddg.svc", "guard.ddg.svc.cluster.local"]);
+        assert_eq!(s.dns_names, ["guard", "guard.ddg", "guard.ddg.svc", "guard.ddg.svc.cluster.local", "localhost"]);
         let ips: Vec<String> = s.ips.iter().map(ToString::to_string).collect();
         assert_eq!(ips, ["127.0.0.1", "10.0.0.7"]);
         let localhost_once = Subject::for_service("guard", "ddg", "cluster.local", &[IpAddr::from([127, 0, 0, 1])], 1);

@@ -1,4 +1,5 @@
-//! `check`: the webhook's rules, offline, over manifest files, directories and stdin, for GitOps CI (SPEC section 5).
+//! `check`: the webhook's rules, offline, over manifest files, directories and stdin, for GitOps CI
+//! (docs/design.md section 5).
 //!
 //! Each NetworkPolicy and Namespace is judged as the CREATE that `kubectl apply` would send, by the very functions
 //! `serve` calls ([`Settings::judge_network_policy`], [`Settings::judge_namespace_create`]), knowing nothing of the
@@ -53,10 +54,21 @@ pub enum InputError {
     Syntax { file: String, line: Option<usize>, column: Option<usize>, message: String },
     /// A document of a kind the rules judge that is not a valid object of that kind: `serve` would deny it
     /// (fail closed), and the API server would reject it anyway.
-    #[error("{place}: {object} cannot be read as a {kind}: {message}")]
+    #[error("{}: {object} cannot be read as a {kind}: {message}", document_position(.place))]
     Object { place: Box<Place>, kind: &'static str, object: String, message: String },
-    #[error("{place}: a {kind} whose `items` is not a list")]
+    #[error("{}: a {kind} whose `items` is not a list", document_position(.place))]
     NotAList { place: Box<Place>, kind: String },
+}
+
+/// Where an unreadable document is: `file:line` of its start, where editors and CI problem matchers look, then
+/// which document (and item) of the file it is. The bad field's own line is not known (the document is read as
+/// a whole), so its path is in the message instead (`spec.ingress: invalid type ...`).
+fn document_position(place: &Place) -> String {
+    let at = position(&place.file, place.line, None);
+    match place.item {
+        Some(i) => format!("{at}: document {}, items[{i}]", place.document),
+        None => format!("{at}: document {}", place.document),
+    }
 }
 
 fn position(file: &str, line: Option<usize>, column: Option<usize>) -> String {
@@ -75,7 +87,8 @@ impl InputError {
             InputError::Syntax { file, line, column, message } => (file, *line, *column, None, None, message.clone()),
             InputError::Object { place, .. } | InputError::NotAList { place, .. } => {
                 let message = self.to_string();
-                let message = message.strip_prefix(&format!("{place}: ")).unwrap_or(&message).to_owned();
+                let at = format!("{}: ", document_position(place));
+                let message = message.strip_prefix(&at).unwrap_or(&message).to_owned();
                 (&place.file, place.line, None, Some(place.document), place.item, message)
             }
         };
@@ -171,8 +184,9 @@ impl Judged {
 
     fn text(&self) -> String {
         let mut line = format!("{}: {}: {}: {}", self.place, self.object(), self.outcome(), self.decision.message);
-        if self.kind == ObjectKind::NetworkPolicy && self.decision.verdict == Verdict::Allow {
-            line.push_str(&format!(" [{}]", self.default_deny.as_deref().unwrap_or("not default-deny")));
+        // What kind of default-deny policy an allowed one is; the message already says when it is none.
+        if let (Verdict::Allow, Some(kind)) = (self.decision.verdict, &self.default_deny) {
+            line.push_str(&format!(" [{kind}]"));
         }
         line
     }
@@ -204,6 +218,13 @@ pub struct Skipped {
     pub kind: String,
 }
 
+/// Something the reader must know about how the input was read, though nothing in it is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Note {
+    pub file: String,
+    pub message: String,
+}
+
 /// Everything one run found.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -214,6 +235,7 @@ pub struct Report {
     pub judged: Vec<Judged>,
     pub skipped: Vec<Skipped>,
     pub errors: Vec<InputError>,
+    pub notes: Vec<Note>,
 }
 
 impl Report {
@@ -253,7 +275,10 @@ impl Report {
             n(self.count(|j| j.decision.verdict == Verdict::Patch), "namespace to label", "namespaces to label"),
             n(self.errors.len(), "unreadable input", "unreadable inputs"),
         );
-        if self.files == 0 {
+        if self.files == 0 && !self.errors.is_empty() {
+            // The cause (`No such file or directory`) is in the error above; guessing at extensions would hide it.
+            s.push_str(" (nothing was checked)");
+        } else if self.files == 0 {
             s.push_str(" (no .yaml, .yml or .json file found: nothing was checked)");
         } else if self.documents == 0 && self.errors.is_empty() {
             // An empty stdin is what a failing `helm template` in a pipe without `pipefail` leaves.
@@ -262,13 +287,17 @@ impl Report {
         s
     }
 
-    /// Findings on `out`, one per line, then the summary; unreadable input on `err`, as `file:line:column:`.
+    /// Findings on `out`, one per line, then the summary; unreadable input on `err`, as `file:line:column:`, and
+    /// notes as `file: warning: ...`.
     pub fn write_text(&self, out: &mut dyn Write, err: &mut dyn Write, verbose: bool) -> io::Result<()> {
         for j in self.judged.iter().filter(|j| verbose || j.is_finding()) {
             writeln!(out, "{}", j.text())?;
         }
         for e in &self.errors {
             writeln!(err, "{e}")?;
+        }
+        for n in &self.notes {
+            writeln!(err, "{}: warning: {}", n.file, n.message)?;
         }
         writeln!(out, "{}", self.summary())
     }
@@ -296,6 +325,7 @@ impl Report {
                 .map(|s| SkippedOut { place: &s.place, api_version: &s.api_version, kind: &s.kind })
                 .collect(),
             errors: self.errors.iter().map(InputError::to_out).collect(),
+            notes: &self.notes,
         };
         serde_json::to_string_pretty(&out).expect("a report always serializes")
     }
@@ -311,6 +341,7 @@ struct ReportOut<'a> {
     results: Vec<ResultOut<'a>>,
     skipped: Vec<SkippedOut<'a>>,
     errors: Vec<ErrorOut<'a>>,
+    notes: &'a [Note],
 }
 
 #[derive(Serialize)]
@@ -445,6 +476,9 @@ impl Checker {
             }
             for file in files {
                 let name = file.display().to_string();
+                if is_kustomization(&file) {
+                    report.notes.push(kustomization_note(&file));
+                }
                 match fs::read(&file) {
                     Ok(bytes) => self.check_bytes(&name, Some(&file), bytes, &mut report),
                     Err(source) => report.errors.push(InputError::Read { file: name, source }),
@@ -648,10 +682,34 @@ fn walk(dir: &Path, files: &mut Vec<PathBuf>, errors: &mut Vec<InputError>) {
         let Ok(file_type) = entry.file_type() else { continue };
         if file_type.is_dir() {
             walk(&path, files, errors);
-        } else if is_manifest_name(&path) && (file_type.is_file() || path.is_file()) {
+        } else if (is_manifest_name(&path) || is_kustomization(&path)) && (file_type.is_file() || path.is_file()) {
             // A symlink is followed to a file only: a link to a directory up the tree would loop.
             files.push(path);
         }
+    }
+}
+
+/// The names kustomize reads a directory's kustomization from.
+fn is_kustomization(path: &Path) -> bool {
+    path.file_name().is_some_and(|n| {
+        ["kustomization.yaml", "kustomization.yml", "Kustomization"].contains(&n.to_str().unwrap_or_default())
+    })
+}
+
+/// A kustomization changes what gets applied (its `namespace`, patches, name prefixes), and `check` reads the files
+/// as they are: a namespace-less base is judged in `--namespace` and may pass where the build fails.
+fn kustomization_note(file: &Path) -> Note {
+    let dir = match file.parent().map(Path::display).map(|d| d.to_string()) {
+        Some(d) if !d.is_empty() => d,
+        _ => ".".to_owned(),
+    };
+    Note {
+        file: file.display().to_string(),
+        message: format!(
+            "this is a kustomization: check judges the files as they are, not what kustomize builds from them \
+             (its namespace, patches and name prefixes are not applied). To check what will be applied: \
+             kubectl kustomize {dir} | default-deny-guard check - (or kustomize build {dir})"
+        ),
     }
 }
 
@@ -836,7 +894,9 @@ spec:
         assert_eq!(report.exit_code(), EXIT_UNREADABLE);
         let e = report.errors[0].to_string();
         assert!(
-            e.starts_with("m.yaml:1: NetworkPolicy default-deny-all cannot be read as a NetworkPolicy: spec.ingress:"),
+            e.starts_with(
+                "m.yaml:1: document 1: NetworkPolicy default-deny-all cannot be read as a NetworkPolicy: spec.ingress:"
+            ),
             "{e}"
         );
     }
@@ -868,7 +928,7 @@ spec:
     fn walk_finds_manifests_in_name_order_and_skips_hidden_entries() {
         let dir = std::env::temp_dir().join(format!("ddg-walk-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        for f in ["b/z.yml", "b/a.json", "a.yaml", "notes.txt", ".git/x.yaml", "c/.hidden.yaml"] {
+        for f in ["b/z.yml", "b/a.json", "a.yaml", "notes.txt", ".git/x.yaml", "c/.hidden.yaml", "c/Kustomization"] {
             let path = dir.join(f);
             fs::create_dir_all(path.parent().unwrap()).unwrap();
             fs::write(path, "").unwrap();
@@ -877,7 +937,8 @@ spec:
         walk(&dir, &mut files, &mut errors);
         let names: Vec<String> =
             files.iter().map(|f| f.strip_prefix(&dir).unwrap().to_string_lossy().into_owned()).collect();
-        assert_eq!(names, ["a.yaml", "b/a.json", "b/z.yml"]);
+        // A kustomization without an extension is read too, so that check can say it was one.
+        assert_eq!(names, ["a.yaml", "b/a.json", "b/z.yml", "c/Kustomization"]);
         assert!(errors.is_empty());
         fs::remove_dir_all(&dir).unwrap();
     }

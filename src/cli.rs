@@ -1,5 +1,5 @@
-//! The command line: one binary, a subcommand per job (SPEC section 1). Every flag is also an environment variable
-//! `DEFAULT_DENY_GUARD_<FLAG>`, so that a Deployment can configure it either way.
+//! The command line: one binary, a subcommand per job (docs/design.md section 1). Every flag is also an environment
+//! variable `DEFAULT_DENY_GUARD_<FLAG>`, so that a Deployment can configure it either way.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -40,6 +40,9 @@ pub enum Command {
     Certs(CertsArgs),
     /// Keep the default-deny-all NetworkPolicy in every enabled namespace (the companion controller).
     Reconcile(ReconcileArgs),
+    /// Print the rules as in-API-server admission policies (ValidatingAdmissionPolicy for R1, R2, R3, R5;
+    /// MutatingAdmissionPolicy for R4), for `kubectl apply -f -`.
+    Policies(PoliciesArgs),
 }
 
 /// The rules' configuration, shared by every subcommand that judges objects.
@@ -255,6 +258,11 @@ pub struct CertsArgs {
     #[arg(long, env = "DEFAULT_DENY_GUARD_CERTS_DAYS", default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=36_500))]
     pub days: u32,
 
+    /// Write the caBundle to this file (mode 0644) instead of stdout. Unlike `> FILE`, a run that is refused
+    /// (the set or this file already there, without --force) leaves the file as it was.
+    #[arg(long, env = "DEFAULT_DENY_GUARD_CERTS_CA_BUNDLE_OUT", value_name = "FILE")]
+    pub ca_bundle_out: Option<PathBuf>,
+
     /// Replace the files of an earlier run (and so the CA: the caBundle changes).
     // No environment variable, unlike the other flags: one left set would replace keys silently.
     #[arg(long)]
@@ -328,6 +336,47 @@ pub struct ReconcileArgs {
     /// How long SIGTERM waits for running reconciles before exiting.
     #[arg(long, env = "DEFAULT_DENY_GUARD_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
+}
+
+/// `policies`: the rules' flags of `serve`, and where the policies go.
+#[derive(Debug, Clone, Args)]
+pub struct PoliciesArgs {
+    #[command(flatten)]
+    pub rules: RuleArgs,
+
+    /// The cluster's Kubernetes version (MAJOR.MINOR): 1.30+ gets the ValidatingAdmissionPolicies; 1.34 and 1.35 the
+    /// MutatingAdmissionPolicy as v1beta1 (behind its feature gate), 1.36+ as v1.
+    #[arg(long, env = "DEFAULT_DENY_GUARD_KUBE_VERSION", default_value_t = crate::policies::KubeVersion::NEWEST_TESTED)]
+    pub kube_version: crate::policies::KubeVersion,
+
+    /// The objects are named PREFIX-r1 ... PREFIX-r5.
+    #[arg(long, env = "DEFAULT_DENY_GUARD_NAME_PREFIX", default_value = "default-deny-guard")]
+    pub name_prefix: String,
+
+    /// Namespaces the policies leave alone, comma-separated (the webhook's own namespace, as the chart does).
+    #[arg(long, env = "DEFAULT_DENY_GUARD_EXEMPT_NAMESPACES", value_delimiter = ',')]
+    pub exempt_namespaces: Vec<String>,
+
+    /// The webhook runs beside the policies: rules in warn mode are then bound [Audit] only, so that kubectl
+    /// prints each warning once (the webhook's).
+    #[arg(long, env = "DEFAULT_DENY_GUARD_WITH_WEBHOOK")]
+    pub with_webhook: bool,
+}
+
+impl PoliciesArgs {
+    pub fn options(&self) -> crate::policies::Options {
+        crate::policies::Options {
+            kube_version: self.kube_version,
+            name_prefix: self.name_prefix.clone(),
+            exempt_namespaces: self
+                .exempt_namespaces
+                .iter()
+                .map(|n| n.trim().to_owned())
+                .filter(|n| !n.is_empty())
+                .collect(),
+            with_webhook: self.with_webhook,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -429,6 +478,34 @@ mod tests {
         let zero_days =
             ["default-deny-guard", "certs", "--out", "c", "--service", "g", "--namespace", "n", "--days", "0"];
         assert!(Cli::try_parse_from(zero_days).is_err());
+    }
+
+    #[test]
+    fn policies_takes_the_rule_flags_of_serve() {
+        let cli = Cli::try_parse_from([
+            "default-deny-guard",
+            "policies",
+            "--kube-version",
+            "1.34",
+            "--warn",
+            "R2",
+            "--system-namespaces",
+            "kube-system,openshift-*",
+            "--exempt-namespaces",
+            "ddg-system, ",
+            "--with-webhook",
+        ])
+        .unwrap();
+        let Command::Policies(args) = cli.command else { panic!("not policies") };
+        let options = args.options();
+        assert_eq!(options.kube_version.to_string(), "1.34");
+        assert_eq!(options.exempt_namespaces, ["ddg-system"]);
+        assert!(options.with_webhook);
+        assert_eq!(args.rules.settings().unwrap().warn, [RuleId::R2]);
+        let defaults = Cli::try_parse_from(["default-deny-guard", "policies"]).unwrap();
+        let Command::Policies(args) = defaults.command else { panic!("not policies") };
+        assert_eq!(args.options().kube_version, crate::policies::KubeVersion::NEWEST_TESTED);
+        assert!(Cli::try_parse_from(["default-deny-guard", "policies", "--kube-version", "latest"]).is_err());
     }
 
     fn reconcile(args: &[&str]) -> Result<ReconcileArgs, clap::Error> {

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod drain;
 pub mod metrics;
 pub mod namespaces;
+pub mod policies;
 pub mod reconcile;
 pub mod rules;
 pub mod server;

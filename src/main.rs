@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use default_deny_guard::cli::{Cli, Command};
-use default_deny_guard::{certs, check, reconcile, server, telemetry};
+use default_deny_guard::{certs, check, policies, reconcile, server, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -26,5 +26,22 @@ fn main() -> ExitCode {
         },
         Command::Check(args) => check::run(&args),
         Command::Certs(args) => certs::run(&args),
+        Command::Policies(args) => {
+            let printed = args
+                .rules
+                .settings()
+                .map_err(|e| e.to_string())
+                .and_then(|settings| policies::render(&settings, &args.options()).map_err(|e| e.to_string()));
+            match printed {
+                Ok(yaml) => {
+                    print!("{yaml}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("default-deny-guard policies: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! Prometheus metrics (SPEC section 6), on a registry of their own, served as text on the metrics port.
+//! Prometheus metrics (docs/design.md section 6), on a registry of their own, served as text on the metrics port.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;

@@ -368,22 +368,41 @@ async fn mutate(State(state): State<Arc<AppState>>, request: axum::extract::Requ
 }
 
 /// Why a body could not be read.
-#[derive(Debug)]
 pub enum BodyError {
-    TooLarge,
+    /// Over the limit; the unread rest, for [`drain`].
+    TooLarge(Body),
     TimedOut,
     Broken(String),
 }
 
 /// Reads the body, at most `limit` bytes and within `timeout`.
-pub async fn read_body(body: Body, limit: usize, timeout: Duration) -> Result<Bytes, BodyError> {
-    let limited = http_body_util::Limited::new(body, limit);
-    match tokio::time::timeout(timeout, limited.collect()).await {
+pub async fn read_body(mut body: Body, limit: usize, timeout: Duration) -> Result<Bytes, BodyError> {
+    let limited = http_body_util::Limited::new(&mut body, limit);
+    let read = tokio::time::timeout(timeout, limited.collect()).await;
+    match read {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(BodyError::TooLarge),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(BodyError::TooLarge(body)),
         Ok(Err(e)) => Err(BodyError::Broken(e.to_string())),
         Err(_) => Err(BodyError::TimedOut),
     }
+}
+
+/// Reads and discards the rest of a body that was too large, at most `limit` more bytes and within `timeout`, while
+/// the 413 goes out. Why: over HTTP/2, a server that answers before the request's end and stops reading must reset
+/// the stream (RST_STREAM NO_ERROR, RFC 9113 section 8.1), and curl 7.x, still uploading, reports that reset as
+/// `(92) Stream error in the HTTP/2 framing layer` instead of the answer. Read to its end, the stream closes
+/// cleanly; HTTP/1.1 keeps its connection. Beyond the bounds the rest is dropped (a reset, or a closed
+/// connection): no client can make the server read or wait without end, and nothing is kept.
+async fn drain(mut body: Body, limit: usize, timeout: Duration) {
+    let discard = async {
+        let mut left = limit;
+        while let Some(Ok(frame)) = body.frame().await {
+            let Ok(data) = frame.into_data() else { continue };
+            let Some(rest) = left.checked_sub(data.len()) else { break };
+            left = rest;
+        }
+    };
+    let _ = tokio::time::timeout(timeout, discard).await;
 }
 
 /// One admission review: checks the HTTP envelope, then answers through [`admission::review`]. The decision is
@@ -416,8 +435,9 @@ async fn admit(state: &AppState, webhook: Webhook, request: axum::extract::Reque
     }
     let body = match read_body(body, state.max_body_bytes, state.request_timeout).await {
         Ok(body) => body,
-        Err(BodyError::TooLarge) => {
+        Err(BodyError::TooLarge(rest)) => {
             metrics.invalid_request("too_large");
+            tokio::spawn(drain(rest, state.max_body_bytes, state.request_timeout));
             let message = format!("the body is larger than --max-body-bytes ({} bytes)", state.max_body_bytes);
             return bad_request(StatusCode::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge", message);
         }
@@ -445,8 +465,9 @@ async fn admit(state: &AppState, webhook: Webhook, request: axum::extract::Reque
     ([(header::CONTENT_TYPE, "application/json")], reviewed.body).into_response()
 }
 
-/// Counts a decision in the metrics and writes its log line (SPEC section 5: uid, kind, namespace/name, operation,
-/// user, decision, rule, latency). Public for the benchmark of its cost (`benches/review.rs`, group `record`).
+/// Counts a decision in the metrics and writes its log line (docs/design.md section 5: uid, kind, namespace/name,
+/// operation, user, decision, rule, latency). Public for the benchmark of its cost (`benches/review.rs`, group
+/// `record`).
 pub fn record_decision(metrics: &Metrics, webhook: Webhook, reviewed: &admission::Reviewed, elapsed: Duration) {
     let d = &reviewed.decision;
     let rule = admission::rule_label(d.rule);

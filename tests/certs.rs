@@ -49,7 +49,7 @@ fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
-const NAMES: [&str; 4] = ["guard", "guard.ddg", "guard.ddg.svc", "guard.ddg.svc.cluster.local"];
+const NAMES: [&str; 5] = ["guard", "guard.ddg", "guard.ddg.svc", "guard.ddg.svc.cluster.local", "localhost"];
 
 #[test]
 fn certs_makes_a_ca_and_a_serving_certificate_for_the_service() {
@@ -72,7 +72,7 @@ fn certs_makes_a_ca_and_a_serving_certificate_for_the_service() {
     let sans: Vec<String> = sans.value.general_names.iter().map(ToString::to_string).collect();
     let mut want: Vec<String> = NAMES.iter().map(|n| format!("DNSName({n})")).collect();
     want.extend(["IPAddress(7f:00:00:01)".into(), "IPAddress(0a:60:00:14)".into()]);
-    assert_eq!(sans, want, "the Service's names, 127.0.0.1 and --ip");
+    assert_eq!(sans, want, "the Service's names, localhost, 127.0.0.1 and --ip");
 
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     for cert in [&ca, &leaf] {
@@ -94,7 +94,7 @@ fn certs_makes_a_ca_and_a_serving_certificate_for_the_service() {
             .verify_server_cert(&leaf_der, &[], &server, &[], UnixTime::now())
             .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
-    for name in ["localhost", "guard.other.svc", "guard.ddg.svc.example.org"] {
+    for name in ["guard.other.svc", "guard.ddg.svc.example.org", "localhost.localdomain"] {
         let server = ServerName::try_from(name).unwrap();
         assert!(verifier.verify_server_cert(&leaf_der, &[], &server, &[], UnixTime::now()).is_err(), "{name}");
     }
@@ -123,6 +123,56 @@ fn certs_refuses_to_replace_a_set_unless_forced() {
     let bad = certs(&["--out", dir.path().to_str().unwrap(), "--service", "Guard_1", "--namespace", "ddg", "--force"]);
     assert_ne!(bad.code, 0);
     assert!(bad.stderr.contains("service \"Guard_1\" is not a DNS label"), "{}", bad.stderr);
+}
+
+/// `--ca-bundle-out`: the bundle goes to its own file, and a refused rerun (where `> cabundle.b64` would already
+/// have emptied it) leaves that file and the set as they were.
+#[test]
+fn ca_bundle_out_writes_the_bundle_and_a_refused_rerun_empties_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, bundle) = (dir.path().join("prod"), dir.path().join("cabundle.b64"));
+    let args =
+        ["--out", path_str(&out), "--service", "guard", "--namespace", "ddg", "--ca-bundle-out", path_str(&bundle)];
+    let run = certs(&args);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(run.stdout, "", "the bundle goes to the file, not stdout");
+    assert!(run.stderr.contains(&format!("is in {}", bundle.display())), "{}", run.stderr);
+    let written = std::fs::read_to_string(&bundle).unwrap();
+    assert_eq!(decode(written.trim_end()), std::fs::read(out.join("ca.crt")).unwrap(), "base64 of ca.crt");
+    assert_eq!(mode(&bundle), 0o644);
+
+    // Rerun without --force: refused because of the set, and nothing is emptied or replaced.
+    let key = std::fs::read(out.join("tls.key")).unwrap();
+    let again = certs(&args);
+    assert_ne!(again.code, 0);
+    assert!(again.stderr.contains("already there; pass --force"), "{}", again.stderr);
+    assert_eq!(std::fs::read_to_string(&bundle).unwrap(), written);
+    assert_eq!(std::fs::read(out.join("tls.key")).unwrap(), key);
+
+    // The bundle file alone is enough to refuse, before any of the set is written.
+    let fresh = dir.path().join("fresh");
+    let refused = certs(&[
+        "--out",
+        path_str(&fresh),
+        "--service",
+        "guard",
+        "--namespace",
+        "ddg",
+        "--ca-bundle-out",
+        path_str(&bundle),
+    ]);
+    assert_ne!(refused.code, 0);
+    assert!(refused.stderr.contains("cabundle.b64: already there; pass --force"), "{}", refused.stderr);
+    assert!(!fresh.exists(), "nothing written");
+    assert_eq!(std::fs::read_to_string(&bundle).unwrap(), written);
+
+    // --force replaces both, in step.
+    let mut forced = args.to_vec();
+    forced.push("--force");
+    assert_eq!(certs(&forced).code, 0);
+    let replaced = std::fs::read_to_string(&bundle).unwrap();
+    assert_ne!(replaced, written);
+    assert_eq!(decode(replaced.trim_end()), std::fs::read(out.join("ca.crt")).unwrap());
 }
 
 fn path_str(p: &Path) -> &str {
@@ -165,7 +215,11 @@ async fn serve_presents_the_certificate_and_clients_verify_it_with_the_printed_c
     tls.read_to_end(&mut answer).await.unwrap();
     assert!(answer.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&answer));
 
+    // And as `https://localhost:PORT`, the local run that certs' own notes suggest.
+    let reply = Https::new(&trusted, Protocol::Http1).get(&format!("https://localhost:{port}/healthz")).await;
+    assert_eq!(reply.status, 200);
+
     // A name the certificate does not carry fails verification: the client really checks.
     let tcp = tokio::net::TcpStream::connect(guard.webhook).await.unwrap();
-    assert!(connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.is_err());
+    assert!(connector.connect(ServerName::try_from("guard.other.svc").unwrap(), tcp).await.is_err());
 }

@@ -1,5 +1,6 @@
-//! `default-deny-guard check`, the real binary: the context document's manifests, a directory tree, stdin, broken
-//! input, JSON output; and the proof that `check` and `serve` reach the same verdict on every context policy.
+//! `default-deny-guard check`, the real binary: the practice guide's manifests (docs/practice.md), a directory
+//! tree, stdin, broken input, JSON output; and the proof that `check` and `serve` reach the same verdict on every
+//! one of the guide's policies.
 
 mod common;
 
@@ -57,7 +58,7 @@ fn check_in(dir: &Path, args: &[&str], stdin: Option<&str>) -> Run {
     }
 }
 
-/// One manifest of the context document and what the webhook must make of it.
+/// One manifest of the practice guide and what the webhook must make of it.
 struct Fixture {
     path: String,
     yaml: String,
@@ -97,7 +98,7 @@ fn fixtures() -> Vec<Fixture> {
             }
         })
         .collect();
-    assert_eq!(fixtures.len(), 14, "every manifest of the context document");
+    assert_eq!(fixtures.len(), 14, "every manifest of the practice guide");
     fixtures
 }
 
@@ -216,15 +217,30 @@ fn a_directory_tree_is_searched_recursively() {
              0 warnings, 1 namespace to label, 0 unreadable inputs",
         ]
     );
-    assert!(run.stderr.is_empty(), "{}", run.stderr);
+    // The kustomization is skipped as another object, and said to be one: what kustomize builds may differ.
+    assert_eq!(
+        run.stderr,
+        "./overlays/prod/kustomization.yaml: warning: this is a kustomization: check judges the files as they are, \
+         not what kustomize builds from them (its namespace, patches and name prefixes are not applied). To check \
+         what will be applied: kubectl kustomize ./overlays/prod | default-deny-guard check - (or kustomize build \
+         ./overlays/prod)\n"
+    );
+    let json = check_in(root, &["-o", "json", "overlays"], None).json();
+    assert_eq!(json["notes"][0]["file"], "overlays/prod/kustomization.yaml");
+    assert!(
+        json["notes"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("kubectl kustomize overlays/prod | default-deny-guard check -")
+    );
 
     // Verbose adds what passes; `-v` names the file as given.
     let verbose = check_in(root, &["-v", "base"], None);
     assert_eq!(verbose.code, 0);
     assert_eq!(
         verbose.lines()[0],
-        "base/policies.yaml:1: NetworkPolicy default/default-deny-all (namespace from --namespace): allow: not a \
-         default-deny policy in a system namespace [deny-all (Ingress)]"
+        "base/policies.yaml:1: NetworkPolicy default/default-deny-all (namespace from --namespace): allow: default \
+         is not a system namespace [deny-all (Ingress)]"
     );
 }
 
@@ -318,24 +334,42 @@ fn broken_yaml_exits_2_with_file_and_line_and_the_rest_is_still_checked() {
     assert_eq!(report["summary"]["exitCode"], 2);
     assert!(json.stderr.is_empty(), "JSON mode writes one document, on stdout");
 
-    // A NetworkPolicy that is YAML but not a NetworkPolicy: `serve` would deny it, `check` cannot judge it.
+    // A NetworkPolicy that is YAML but not a NetworkPolicy: `serve` would deny it, `check` cannot judge it. The
+    // position is the line where its document starts (the third, on line 6), then which document it is; the
+    // field's path says what is wrong.
     write(
         dir.path(),
         "c-wrong-type.yaml",
-        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: wrong\nspec:\n  ingress: {}\n",
+        &format!(
+            "{DEPLOYMENT}---\n{DEPLOYMENT}---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  \
+             name: wrong\nspec:\n  ingress: {{}}\n"
+        ),
     );
     let run = check_in(dir.path(), &["c-wrong-type.yaml"], None);
     assert_eq!(run.code, 2);
-    assert!(
-        run.stderr
-            .starts_with("c-wrong-type.yaml:1: NetworkPolicy wrong cannot be read as a NetworkPolicy: spec.ingress: "),
-        "{}",
-        run.stderr
+    assert_eq!(
+        run.stderr,
+        "c-wrong-type.yaml:15: document 3: NetworkPolicy wrong cannot be read as a NetworkPolicy: spec.ingress: \
+         invalid type: map, expected a sequence\n",
+    );
+    let json = check_in(dir.path(), &["-o", "json", "c-wrong-type.yaml"], None).json();
+    let error = &json["errors"][0];
+    assert_eq!((error["line"].as_u64(), error["document"].as_u64()), (Some(15), Some(3)), "{error}");
+    assert_eq!(
+        error["message"],
+        "NetworkPolicy wrong cannot be read as a NetworkPolicy: spec.ingress: invalid type: map, expected a sequence"
     );
 
+    // A missing path: the error names the cause, and the summary does not guess at another one.
     let missing = check_in(dir.path(), &["no-such-dir"], None);
     assert_eq!(missing.code, 2);
-    assert!(missing.stderr.starts_with("no-such-dir: "), "{}", missing.stderr);
+    assert_eq!(missing.stderr, "no-such-dir: No such file or directory (os error 2)\n");
+    assert!(missing.stdout.ends_with("1 unreadable input (nothing was checked)\n"), "{}", missing.stdout);
+    // A directory without manifests is another matter.
+    std::fs::create_dir(dir.path().join("empty")).unwrap();
+    let empty = check_in(dir.path(), &["empty"], None);
+    assert_eq!(empty.code, 0);
+    assert!(empty.stdout.ends_with("(no .yaml, .yml or .json file found: nothing was checked)\n"), "{}", empty.stdout);
 
     let json_broken = check(&["-"], Some("{\"apiVersion\": \"v1\",\n  \"kind\": \"List\"\n  \"items\": []}"));
     assert_eq!(json_broken.code, 2);
@@ -430,7 +464,7 @@ async fn check_gives_the_same_verdict_as_serve_on_every_context_policy() {
                 let expected_exit = if checked["verdict"] == "deny" { 1 } else { 0 };
                 assert_eq!(run.code, expected_exit, "{what}");
 
-                // And the verdict is the one the context document calls for.
+                // And the verdict is the one the practice guide calls for.
                 let in_system = matches!(placement, Placement::KubeSystem) && fixture.expect.is_some();
                 let want = match (in_system, modes.is_empty()) {
                     (false, _) => "allow",

@@ -200,7 +200,7 @@ fn hostile_reviews_get_an_answer_or_a_clear_error() {
             Want::Refused("expected value"),
         ),
         ("NUL bytes", b"\0\0\0\0".to_vec(), Want::Refused("expected value")),
-        ("an empty object", b"{}".to_vec(), Want::Refused("not an AdmissionReview")),
+        ("an empty object", b"{}".to_vec(), Want::Refused("the body has no \"kind\": an AdmissionReview was expected")),
     ];
     for (what, body, want) in cases {
         let outcomes = judge(&body);

@@ -1,5 +1,5 @@
 //! The real server over HTTPS, with reviews shaped like kube-apiserver's: every rule both ways, the known traps of
-//! SPEC section 4, bad input, metrics.
+//! docs/design.md section 4, bad input, metrics.
 
 mod common;
 
@@ -355,7 +355,17 @@ async fn bad_input_gets_a_4xx_with_a_json_status_and_a_log_line() {
             Some("application/json"),
             br#"{"apiVersion":"admission.k8s.io/v1"}"#.to_vec(),
             400,
-            "not an AdmissionReview",
+            "the body has no \"kind\": an AdmissionReview was expected (kind AdmissionReview, apiVersion \
+             admission.k8s.io/v1, a request with a uid)",
+        ),
+        (
+            "an empty object",
+            "POST",
+            validate.clone(),
+            Some("application/json"),
+            b"{}".to_vec(),
+            400,
+            "the body has no \"kind\": an AdmissionReview was expected",
         ),
         (
             "unknown version",
@@ -711,4 +721,76 @@ async fn during_the_shutdown_delay_it_is_unready_but_still_answers() {
     }
     let status = guard.wait_exit(std::time::Duration::from_secs(30));
     assert!(status.success(), "{status}");
+}
+
+/// A body over `--max-body-bytes` (9 MB against the default 8 MiB) is answered 413 with a `Status` over HTTP/1.1 and
+/// HTTP/2 alike. Over HTTP/2 the client is still sending when the answer goes out; the server must go on reading
+/// the rest rather than reset the stream, which curl 7.x took for `(92) Stream error in the HTTP/2 framing layer`
+/// and showed instead of the 413. So the HTTP/2 half sends frame by frame, as flow control allows: 8.5 MB, then it
+/// reads the whole answer, then waits for a reset that must not come, then sends the rest.
+#[tokio::test]
+async fn an_oversize_body_is_answered_413_over_http1_and_http2() {
+    use hyper::body::Bytes;
+    use std::sync::Arc;
+    use std::time::Duration;
+    let guard = Guard::start(&[]);
+    let body = vec![b' '; 9_000_000];
+    let says = "the body is larger than --max-body-bytes (8388608 bytes)";
+
+    let reply = guard.client().request("POST", &guard.url("/validate"), Some("application/json"), body.clone()).await;
+    assert_eq!((reply.status, reply.version), (413, hyper::Version::HTTP_11));
+    assert_eq!(reply.json()["message"], says);
+
+    let mut config = tls_config(&guard.ca_path());
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(guard.webhook).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap();
+    let (mut h2, connection) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(connection);
+    let request = hyper::Request::post(guard.url("/validate")).header("content-type", "application/json");
+    let (response, mut send) = h2.send_request(request.body(()).unwrap(), false).unwrap();
+    let mut rest = Bytes::from(body);
+    let first = rest.split_to(8_500_000);
+    let sent = send_under_flow_control(&mut send, first, false, 0).await;
+
+    let response = tokio::time::timeout(Duration::from_secs(20), response).await.unwrap().unwrap();
+    assert_eq!(response.status(), 413);
+    let mut answer = response.into_body();
+    let mut text = Vec::new();
+    while let Some(data) = answer.data().await {
+        text.extend_from_slice(&data.unwrap());
+    }
+    let status: Value = serde_json::from_slice(&text).unwrap();
+    assert_eq!((status["kind"].as_str(), status["code"].as_u64()), (Some("Status"), Some(413)));
+    assert_eq!(status["message"], says);
+
+    // The answer is in; the stream must still be open for the rest of the body.
+    let reset = tokio::time::timeout(Duration::from_millis(500), std::future::poll_fn(|cx| send.poll_reset(cx)));
+    if let Ok(reason) = reset.await {
+        panic!("the stream was reset after the answer, with {sent} of 9000000 bytes sent: {reason:?}");
+    }
+    assert_eq!(send_under_flow_control(&mut send, rest, true, sent).await, 9_000_000);
+}
+
+/// Sends `part` on an HTTP/2 stream as the peer's flow control allows; `sent` bytes went before it.
+async fn send_under_flow_control(
+    send: &mut h2::SendStream<hyper::body::Bytes>,
+    mut part: hyper::body::Bytes,
+    end: bool,
+    mut sent: usize,
+) -> usize {
+    while !part.is_empty() {
+        send.reserve_capacity(part.len().min(1 << 20));
+        let poll = std::future::poll_fn(|cx| send.poll_capacity(cx));
+        let granted = match tokio::time::timeout(std::time::Duration::from_secs(20), poll).await {
+            Ok(Some(Ok(n))) => n,
+            other => panic!("no more flow control after {sent} bytes: {other:?}"),
+        };
+        let chunk = part.split_to(granted.min(part.len()));
+        sent += chunk.len();
+        let last = end && part.is_empty();
+        send.send_data(chunk, last).unwrap_or_else(|e| panic!("the stream closed after {sent} bytes: {e}"));
+    }
+    sent
 }

@@ -9,11 +9,11 @@ checks that every step produced the reviews it should, and writes them pretty-pr
 
 Rerun (about a minute; needs hack/kube-local/provision.sh once):
 
-    hack/kube-local/up.sh
-    python3 hack/kube-local/capture-reviews.py --out tests/fixtures/apiserver-1.20
+    hack/kube-local/up.sh && source "$DDG_CACHE/kube-local/run/env"
+    python3 hack/kube-local/capture-reviews.py --out tests/fixtures/apiserver-1.37
     hack/kube-local/down.sh
 
-The raw captures, the webhook's private key and an index (index.json, with the facts tests/fixtures/apiserver-1.20
+The raw captures, the webhook's private key and an index (index.json, with the facts tests/fixtures/apiserver-1.37
 /README.md reports) stay in --work (default: a new directory under /tmp), outside the repository.
 Needs only python3, openssl and the kubectl that provision.sh built. Exits non-zero if a step surprises it.
 """
@@ -219,10 +219,12 @@ def wait_count(rec, n, secs):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", required=True, help="fixture directory, e.g. tests/fixtures/apiserver-1.20")
+    ap.add_argument("--out", required=True, help="fixture directory, e.g. tests/fixtures/apiserver-1.37")
     ap.add_argument("--work", help="scratch directory for keys and raw captures (default: new under /tmp)")
     ap.add_argument("--port", type=int, default=0, help="webhook port on 127.0.0.1 (default: any free one)")
-    ap.add_argument("--kubectl", default=os.path.join(CACHE, "bin", "kubectl"))
+    # The kubectl of the running control plane's release (up.sh's env file exports KUBE_LOCAL_BIN).
+    ap.add_argument("--kubectl", default=os.path.join(os.environ.get("KUBE_LOCAL_BIN", ""), "kubectl")
+                    if os.environ.get("KUBE_LOCAL_BIN") else "kubectl")
     ap.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG") or os.path.join(
         os.environ.get("KUBE_LOCAL_RUN", os.path.join(CACHE, "run")), "kubeconfig"))
     a = ap.parse_args()

@@ -15,8 +15,12 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 start=$SECONDS
 mkdir -p "$KL_CACHE"
 
-exec 9>"$KL_CACHE/.provision.lock"
-flock -w 3600 9 || kl_die "timed out waiting for another provision.sh ($KL_CACHE/.provision.lock)"
+# One build of a thing at a time: a second run (another CI job, another terminal) waits for it instead of building
+# twice. Different releases build side by side (Go's caches are safe for that).
+lock() { # lock FD NAME
+  eval "exec $1>\"\$KL_CACHE/.provision-$2.lock\""
+  flock -w 3600 "$1" || kl_die "timed out waiting for another provision.sh ($KL_CACHE/.provision-$2.lock)"
+}
 
 command -v go >/dev/null || kl_die "no Go on PATH: install Go 1.26 or newer"
 command -v curl >/dev/null && command -v openssl >/dev/null || {
@@ -45,12 +49,14 @@ build_module() {
 }
 
 # etcd: the server's main package is the module's root.
+lock 8 "etcd-$KL_ETCD_VERSION"
 if [ ! -x "$KL_ETCD" ]; then
   build_module "$KL_HERE/modules/etcd-$KL_ETCD_VERSION" "$(dirname "$KL_ETCD")" \
     "-X go.etcd.io/etcd/api/v3/version.GitSHA=$KL_ETCD_VERSION" go.etcd.io/etcd/server/v3
   mv "$(dirname "$KL_ETCD")/server" "$KL_ETCD"  # go build names it after the last path element
 fi
 
+lock 9 "kubernetes-$KL_KUBE_VERSION"
 if [ "$(cat "$KL_BIN/.version" 2>/dev/null)" != "$KL_KUBE_VERSION" ]; then
   # The version stamp that Kubernetes' own build sets (hack/lib/version.sh), so that /version and kubectl report
   # the real release and kubectl sees no skew.

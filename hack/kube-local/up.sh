@@ -92,7 +92,12 @@ mkcert apiserver /CN=kube-apiserver \
   'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\n'
 mkcert admin "/O=system:masters/CN=kube-admin" \
   'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n'
-mkcert controller-manager /CN=system:kube-controller-manager \
+# The controller manager's identity. Under its controllers' service accounts it needs only the role the API server
+# bootstraps for system:kube-controller-manager; acting for them all under its own name, it needs their rights too,
+# which clusters set up that way give it (here: the group system:masters).
+kcm_subject=/CN=system:kube-controller-manager
+[ "${KCM_SERVICE_ACCOUNTS:-1}" = 0 ] && kcm_subject="/O=system:masters$kcm_subject"
+mkcert controller-manager "$kcm_subject" \
   'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n'
 openssl genrsa -out "$P/sa.key" 2048 2>/dev/null
 openssl rsa -in "$P/sa.key" -pubout -out "$P/sa.pub" 2>/dev/null
@@ -178,6 +183,7 @@ export KUBECONFIG=$KUBECONFIG_FILE
 export PATH=$KL_BIN:\$PATH
 export KUBE_LOCAL_APISERVER=https://127.0.0.1:$KL_APISERVER_PORT
 export KUBE_LOCAL_VERSION=$KL_KUBE_VERSION
+export KUBE_LOCAL_BIN=$KL_BIN
 export KUBE_LOCAL_AUDIT_LOG=$KL_RUN/audit.log
 EOF
 trap - ERR

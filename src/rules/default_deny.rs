@@ -1,4 +1,4 @@
-//! Which NetworkPolicy is "default-deny": Kubernetes semantics, not names (SPEC section 3).
+//! Which NetworkPolicy is "default-deny": Kubernetes semantics, not names (docs/design.md section 3).
 //!
 //! Only the fields the rules read are decoded. Rules, peers and ports are counted, never built: a policy with 1,000
 //! ingress rules costs no allocation per rule, and the untouched parts of the object are skipped by the parser.
@@ -162,12 +162,15 @@ impl DefaultDeny {
 impl fmt::Display for DefaultDeny {
     /// `deny-all (Ingress, Egress)` or `default-deny with 2 allow rules (Ingress)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use super::messages::{AllowRules, default_deny_kind};
         let allow_rules: usize = self.restricted.iter().map(|r| r.allow_rules).sum();
-        match allow_rules {
-            0 => write!(f, "deny-all ({})", self.directions()),
-            1 => write!(f, "default-deny with 1 allow rule ({})", self.directions()),
-            n => write!(f, "default-deny with {n} allow rules ({})", self.directions()),
-        }
+        let n = allow_rules.to_string();
+        let count = match allow_rules {
+            0 => AllowRules::None,
+            1 => AllowRules::One,
+            _ => AllowRules::Many(&n),
+        };
+        f.write_str(&default_deny_kind(count, &self.directions()))
     }
 }
 

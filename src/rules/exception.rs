@@ -41,12 +41,12 @@ impl Exception {
     pub fn read(annotations: &BTreeMap<String, String>, keys: &ExceptionKeys, now: Timestamp) -> Exception {
         let Some(reason) = annotations.get(&keys.reason) else {
             return match annotations.get(&keys.expires) {
-                Some(_) => Exception::Void(format!("{} is set but {} is missing", keys.expires, keys.reason)),
+                Some(_) => Exception::Void(super::messages::void_missing_reason(&keys.reason, &keys.expires)),
                 None => Exception::Absent,
             };
         };
         if reason.trim().is_empty() {
-            return Exception::Void(format!("{} is empty: give the reason for the exception", keys.reason));
+            return Exception::Void(super::messages::void_empty_reason(&keys.reason));
         }
         let Some(raw) = annotations.get(&keys.expires) else {
             return Exception::Valid { reason: reason.clone(), expires: None };

@@ -1,13 +1,14 @@
 //! The decision logic: objects in, decision out. No I/O, no async, no clock: the caller passes the time and what
 //! it knows of the policy's namespace, so that `serve` and `check` reach the very same verdicts.
 //!
-//! Each rule of SPEC section 4 lives in one function here: [`Settings::r1_system_namespace`],
+//! Each rule of docs/design.md section 4 lives in one function here: [`Settings::r1_system_namespace`],
 //! [`Settings::r2_delete`], [`Settings::r3_weakening`], [`Settings::r4_label_new_namespace`] and
 //! [`Settings::r5_keep_label`].
 
 pub mod default_deny;
 pub mod exception;
 pub mod exemption;
+pub mod messages;
 pub mod system_namespaces;
 
 use std::collections::BTreeMap;
@@ -24,7 +25,7 @@ pub use system_namespaces::{LabelMatch, SystemNamespaces};
 
 // === Vocabulary ===
 
-/// The rules of SPEC section 4.
+/// The rules of docs/design.md section 4.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RuleId {
     /// No default-deny policy in a system namespace.
@@ -108,7 +109,7 @@ impl fmt::Display for EnableLabel {
     }
 }
 
-/// Everything the rules are configured by (SPEC section 2).
+/// Everything the rules are configured by (docs/design.md section 2).
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub system_namespaces: SystemNamespaces,
@@ -212,7 +213,7 @@ impl<T> Request<'_, T> {
 }
 
 impl Request<'_, NetworkPolicy> {
-    /// `metadata.namespace`, else `request.namespace` (SPEC R1).
+    /// `metadata.namespace`, else `request.namespace` (docs/design.md section 4, R1).
     pub fn policy_namespace(&self) -> &str {
         self.objects().find_map(|o| o.metadata.namespace.as_deref().filter(|n| !n.is_empty())).unwrap_or(self.namespace)
     }
@@ -346,7 +347,7 @@ impl Settings {
             Mode::Enforce => d.verdict = Verdict::Deny,
             Mode::Warn => {
                 d.verdict = Verdict::Warn;
-                d.warnings.push(format!("{rule} (warn mode, allowed): {}", d.message));
+                d.warnings.push(messages::warn_mode(rule.as_str(), &d.message));
                 d.audit_annotations.insert("warned-rule".into(), rule.to_string());
             }
         }
@@ -356,10 +357,10 @@ impl Settings {
     /// Why a NetworkPolicy's namespace is a system namespace, if it is one.
     fn system_reason(&self, namespace: &str, facts: NamespaceFacts) -> Option<String> {
         if self.system_namespaces.contains_name(namespace) {
-            Some(format!("{namespace} is a system namespace"))
+            Some(messages::system_by_name(namespace))
         } else if facts.system_by_label {
             let label = self.system_namespaces.label().map(ToString::to_string).unwrap_or_default();
-            Some(format!("namespace {namespace} is a system namespace (it carries the label {label})"))
+            Some(messages::system_by_label(namespace, &label))
         } else {
             None
         }
@@ -371,10 +372,7 @@ impl Settings {
 
     fn annotate_hint(&self, kind: &str, name: &str, namespace: Option<&str>) -> String {
         let ns = namespace.map(|n| format!(" -n {n}")).unwrap_or_default();
-        format!(
-            "kubectl annotate {kind} {name}{ns} {}='<reason>' [{}=<RFC 3339 date>]",
-            self.exception_keys.reason, self.exception_keys.expires
-        )
+        messages::annotate_hint(kind, name, &ns, &self.exception_keys.reason, &self.exception_keys.expires)
     }
 
     /// Judges a NetworkPolicy CREATE, UPDATE or DELETE (R1, R2, R3). `facts` is what the caller knows of the
@@ -395,7 +393,12 @@ impl Settings {
                 }
                 match (req.operation, req.old_object) {
                     (Operation::Update, Some(old)) => self.r3_weakening(req, old, object, facts, now),
-                    _ => Decision::allow(None, "not a default-deny policy in a system namespace"),
+                    // Said by what held, so that `check -v` and the debug log never read as "not default-deny"
+                    // for a policy that is.
+                    _ if object.spec.default_deny().is_some() => {
+                        Decision::allow(None, format!("{} is not a system namespace", req.policy_namespace()))
+                    }
+                    _ => Decision::allow(None, "not a default-deny policy"),
                 }
             }
             Operation::Delete => self.r2_delete(req, facts, now),
@@ -414,14 +417,7 @@ impl Settings {
         let deny = object.spec.default_deny()?;
         let why = self.system_reason(namespace, facts)?;
         let name = req.object_name();
-        Some(self.violation(
-            RuleId::R1,
-            format!(
-                "NetworkPolicy {namespace}/{name} is {deny} and {why}: a policy that selects every pod there \
-                 cuts the cluster's own traffic (DNS, API server, node heartbeats). Default-deny belongs in \
-                 application namespaces; in {namespace}, select the pods to restrict with a podSelector instead."
-            ),
-        ))
+        Some(self.violation(RuleId::R1, messages::r1_system_namespace(namespace, name, &deny.to_string(), &why)))
     }
 
     /// R2: deleting a default-deny policy needs an exception, unless it is namespace teardown or a system
@@ -464,12 +460,7 @@ impl Settings {
         let hint = self.annotate_hint("networkpolicy", name, Some(namespace));
         self.violation(
             RuleId::R2,
-            format!(
-                "NetworkPolicy {namespace}/{name} is the default-deny policy of namespace {namespace} ({deny}); \
-                 deleting it would open every pod there to all traffic. To delete it on purpose, record an \
-                 exception first: {hint}{}",
-                void_note(&exception)
-            ),
+            messages::r2_delete(namespace, name, &deny.to_string(), &hint, &void_note(&exception)),
         )
     }
 
@@ -503,20 +494,21 @@ impl Settings {
             );
         }
         let after = if new.spec.pod_selector.selects_everything() {
-            "allows all traffic in every direction it governs"
+            messages::R3_ALLOWS_ALL
         } else {
-            "selects only some pods"
+            messages::R3_SELECTS_SOME
         };
+        let keys = &self.exception_keys;
         self.violation(
             RuleId::R3,
-            format!(
-                "this update turns NetworkPolicy {namespace}/{name} from {before} into a policy that {after}: \
-                 weakening the default-deny policy of namespace {namespace} opens its pods as a deletion would. \
-                 To do it on purpose, add the annotation {}='<reason>' (and optionally {}=<RFC 3339 date>) to \
-                 the policy in the same change.{}",
-                self.exception_keys.reason,
-                self.exception_keys.expires,
-                void_note(&exception)
+            messages::r3_weakening(
+                namespace,
+                name,
+                &before.to_string(),
+                after,
+                &keys.reason,
+                &keys.expires,
+                &void_note(&exception),
             ),
         )
     }
@@ -564,7 +556,11 @@ impl Settings {
             ),
             None => format!("namespace {shown} labelled {label}"),
         };
-        message.push_str(&void_note(&exception));
+        let void = void_note(&exception);
+        if !void.is_empty() {
+            message.push('.');
+            message.push_str(&void);
+        }
         if self.mode(RuleId::R4) == Mode::Warn {
             let mut d = Decision::allow(Some(RuleId::R4), format!("would label namespace {shown} {label}"));
             d.verdict = Verdict::Warn;
@@ -623,27 +619,29 @@ impl Settings {
             );
         }
         let change = match new.metadata.labels.get(&label.key) {
-            Some(v) => format!("changing the label {} to {v:?}", label.key),
-            None => format!("removing the label {label}"),
+            Some(v) => messages::r5_changing(&label.key, &format!("{v:?}")),
+            None => messages::r5_removing(&label.to_string()),
         };
+        let keys = &self.exception_keys;
         self.violation(
             RuleId::R5,
-            format!(
-                "namespace {name} must keep the label {label}: {change} would leave the namespace without its \
-                 default-deny policy. To opt the namespace out on purpose, add the annotation {}='<reason>' (and \
-                 optionally {}=<RFC 3339 date>) in the same change.{}",
-                self.exception_keys.reason,
-                self.exception_keys.expires,
-                void_note(&exception)
+            messages::r5_keep_label(
+                name,
+                &label.to_string(),
+                &change,
+                &keys.reason,
+                &keys.expires,
+                &void_note(&exception),
             ),
         )
     }
 }
 
-/// Tells the user why the exception annotation they set did not count.
+/// Tells the user why the exception annotation they set did not count: a sentence of its own, to follow one that
+/// ends with a full stop.
 fn void_note(exception: &Exception) -> String {
     match exception {
-        Exception::Void(why) => format!(" The exception present does not count: {why}."),
+        Exception::Void(why) => messages::void_note(why),
         _ => String::new(),
     }
 }

@@ -123,6 +123,20 @@ impl SystemNamespaces {
         self.label.as_ref().is_some_and(|l| l.matches(labels))
     }
 
+    /// The exact names, sorted.
+    pub fn exact_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.exact.iter().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// The prefixes of the `prefix-*` patterns (without the `*`), sorted.
+    pub fn prefixes(&self) -> Vec<&str> {
+        let mut prefixes: Vec<&str> = self.prefixes.iter().map(String::as_str).collect();
+        prefixes.sort_unstable();
+        prefixes
+    }
+
     /// The label that selects system namespaces, if one is configured.
     pub fn label(&self) -> Option<&LabelMatch> {
         self.label.as_ref()

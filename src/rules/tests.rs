@@ -1,4 +1,5 @@
-//! Table-driven tests of the rules: every case of SPEC sections 3 and 4, every manifest of the context document.
+//! Table-driven tests of the rules: every case of docs/design.md sections 3 and 4, every manifest of the practice
+//! guide (docs/practice.md).
 
 use super::*;
 use serde_json::{Value, json};
@@ -187,7 +188,7 @@ fn context_document_manifests() {
         assert_eq!(got, want, "{}", path.display());
         seen += 1;
     }
-    assert_eq!(seen, 14, "every manifest of the context document is checked");
+    assert_eq!(seen, 14, "every manifest of the practice guide (docs/practice.md) is checked");
 }
 
 // === Section 4: the rules ===
@@ -346,11 +347,13 @@ fn r1_system_namespaces() {
         PolicyCase {
             what: "a policy for some pods in kube-system is fine",
             object: Some(allow_web("kube-system")),
+            says: &["not a default-deny policy"],
             ..Default::default()
         },
         PolicyCase {
             what: "deny-all in an application namespace is the point",
             object: Some(deny_all(Some("production"), "default-deny-all")),
+            says: &["production is not a system namespace"],
             ..Default::default()
         },
         PolicyCase {
@@ -444,7 +447,9 @@ fn r2_deletes() {
         PolicyCase {
             verdict: Verdict::Deny,
             rule: Some(RuleId::R2),
-            says: &["does not count", "expired"],
+            says: &["to all traffic. The exception present does not count: default-deny-guard.io/exception expired \
+                 (default-deny-guard.io/exception-expires=2026-06-29). To delete it on purpose, record an exception \
+                 first: kubectl annotate networkpolicy"],
             ..del(
                 "expired exception",
                 ADMIN,
@@ -687,7 +692,8 @@ fn r4_new_namespaces() {
         },
         patched("generateName (empty name)", json!({"metadata": {"generateName": "ci-run-"}}), false, false),
         NamespaceCase {
-            says: &["expired"],
+            says: &["namespace a labelled default-deny=enabled. The exception present does not count: \
+                 default-deny-guard.io/exception expired (default-deny-guard.io/exception-expires=2026-01-01)."],
             ..patched("expired exception", ns("a", json!({}), json!({EXC: "x", EXP: "2026-01-01"})), false, true)
         },
         skipped("already enabled", ns("a", json!({"default-deny": "enabled"}), json!({}))),

@@ -131,8 +131,8 @@ class RenderError(Exception):
 
 
 @functools.lru_cache(maxsize=None)
-def _render(files: tuple[str, ...], values_json: str, namespace: str, kube_version: str | None,
-            show_only: str | None, chart: str) -> str:
+def _render(files: tuple[str, ...], values_json: str, namespace: str, kube_version: str,
+            show_only: str | None, chart: str, api_versions: tuple[str, ...] = ()) -> str:
     cmd = [helm(), "template", RELEASE, chart, "--namespace", namespace]
     with tempfile.TemporaryDirectory() as tmp:
         for f in files:
@@ -141,20 +141,27 @@ def _render(files: tuple[str, ...], values_json: str, namespace: str, kube_versi
             extra = Path(tmp) / "extra-values.yaml"
             extra.write_text(yaml.safe_dump(json.loads(values_json)))
             cmd += ["--values", str(extra)]
-        if kube_version:
-            cmd += ["--kube-version", kube_version]
+        cmd += ["--kube-version", kube_version]
         if show_only:
             cmd += ["--show-only", show_only]
+        for a in api_versions:
+            cmd += ["--api-versions", a]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:
         raise RenderError(proc.stderr.strip())
     return proc.stdout
 
 
-def render_text(*files: str, values: dict | None = None, namespace: str = NAMESPACE, kube_version: str | None = None,
-                show_only: str | None = None, chart: Path = CHART) -> str:
+# helm template's default version is its own client library's (1.33 for helm 3.18), below the chart's floor.
+KUBE_VERSION = "1.37.0"
+
+
+def render_text(*files: str, values: dict | None = None, namespace: str = NAMESPACE, kube_version: str = KUBE_VERSION,
+                show_only: str | None = None, chart: Path = CHART, api_versions: tuple[str, ...] = ()) -> str:
+    """`api_versions`: what the cluster serves beyond helm's defaults (`--api-versions`, e.g.
+    `admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy`)."""
     return _render(tuple(files), json.dumps(values or {}, sort_keys=True), namespace, kube_version, show_only,
-                   str(chart))
+                   str(chart), tuple(api_versions))
 
 
 def render(*files: str, **kw) -> Rendering:

@@ -30,10 +30,12 @@ IN_CLUSTER_MODES = [m for m in MODES if m != "url-values.yaml"]
 VALIDATE_NP = "networkpolicies.validate.default-deny-guard.io"
 VALIDATE_NS = "namespaces.validate.default-deny-guard.io"
 MUTATE_NS = "namespaces.mutate.default-deny-guard.io"
-CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"}
+CLUSTER_SCOPED = {"ClusterRole", "ClusterRoleBinding", "ValidatingWebhookConfiguration", "MutatingWebhookConfiguration",
+                  "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "MutatingAdmissionPolicy",
+                  "MutatingAdmissionPolicyBinding"}
 TEST_CA_PEM = yaml.safe_load((CI / "url-values.yaml").read_text())["webhook"]["caBundle"]
 
-# The metric names of SPEC section 6, which the alerts and the dashboard must use (and no others of ours): the
+# The metric names of docs/design.md section 6, which the alerts and the dashboard must use (and no others of ours): the
 # webhook's, then the reconciler's (docs/reconciler.md, "Metrics").
 WEBHOOK_METRICS = {
     "default_deny_guard_admission_requests_total",
@@ -48,7 +50,7 @@ RECONCILER_METRICS = {
     "default_deny_guard_reconcile_errors_total",
     "default_deny_guard_reconcile_duration_seconds_bucket",
 }
-SPEC_METRICS = WEBHOOK_METRICS | RECONCILER_METRICS | {"default_deny_guard_build_info"}
+CONTRACT_METRICS = WEBHOOK_METRICS | RECONCILER_METRICS | {"default_deny_guard_build_info"}
 
 
 def port_of(addr: str) -> int:
@@ -82,6 +84,9 @@ EXPECTED_KINDS = {
     "reconciler-cronjob-values.yaml": BASE | MONITORING | {"CronJob"},
     "reconciler-off-values.yaml": WEBHOOK | MONITORING,
     "url-values.yaml": {"ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"},
+    # Kubernetes 1.37 (the renderings' version): the MutatingAdmissionPolicy is v1 there.
+    "apiserver-policies-values.yaml": BASE | {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
+                                              "MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding"},
 }
 
 # The reconciler's objects, by mode: (kind, name) and, for the Role and RoleBinding, their namespace `default`.
@@ -183,7 +188,7 @@ def test_failure_policies_and_timeouts_default():
     assert hooks[MUTATE_NS]["timeoutSeconds"] == 5
     assert hooks[MUTATE_NS]["reinvocationPolicy"] == "Never"
     for w in hooks.values():
-        assert "matchConditions" not in w, "omitted when empty (Kubernetes < 1.28 lacks the field)"
+        assert [c["name"] for c in w["matchConditions"]] == [CHART_CONDITION[w["name"]]], "the chart's own"
         assert "objectSelector" not in w
 
 
@@ -199,9 +204,10 @@ def test_failure_policies_and_timeouts_follow_values():
 def test_match_conditions_and_selectors_pass_through():
     hooks = render("options-values.yaml").webhooks()
     cond = [{"name": "not-a-node", "expression": "!request.userInfo.username.startsWith('system:node:')"}]
-    assert hooks[VALIDATE_NP]["matchConditions"] == cond
-    assert hooks[VALIDATE_NS]["matchConditions"] == cond
-    assert "matchConditions" not in hooks[MUTATE_NS]
+    for name in (VALIDATE_NP, VALIDATE_NS):
+        assert hooks[name]["matchConditions"][1:] == cond, "the user's come after the chart's own"
+        assert hooks[name]["matchConditions"][0]["name"] == CHART_CONDITION[name]
+    assert [c["name"] for c in hooks[MUTATE_NS]["matchConditions"]] == [CHART_CONDITION[MUTATE_NS]]
     assert hooks[MUTATE_NS]["failurePolicy"] == "Fail"
     assert hooks[MUTATE_NS]["reinvocationPolicy"] == "IfNeeded"
     user_term = {"key": "example.com/unmanaged", "operator": "DoesNotExist"}
@@ -211,9 +217,23 @@ def test_match_conditions_and_selectors_pass_through():
         assert exprs[0]["key"] == "kubernetes.io/metadata.name", "the chart's exemption stays, ANDed with the user's"
 
 
-def test_match_conditions_refused_before_kubernetes_1_28():
-    err = render_error("options-values.yaml", kube_version="1.27.0")
-    assert "matchConditions need Kubernetes 1.28+" in err
+# The chart's own matchConditions (generated from src/policies/ into templates/apiserver-policies.yaml).
+CHART_CONDITION = {
+    VALIDATE_NP: "selects-every-pod",
+    VALIDATE_NS: "removes-the-enable-label",
+    MUTATE_NS: "lacks-the-enable-label",
+}
+
+
+def test_chart_match_conditions_can_be_turned_off():
+    off = render(values={"webhook": {"matchConditions": {"enabled": False}}}).webhooks()
+    assert all("matchConditions" not in w for w in off.values())
+
+
+def test_kubernetes_below_the_tested_versions_is_refused():
+    # The floor is the oldest version the end-to-end suite runs on (docs/e2e.md).
+    err = render_error(kube_version="1.33.0")
+    assert "chart requires kubeVersion: >=1.34.0-0 which is incompatible with Kubernetes v1.33.0" in err
 
 
 def exempt(webhook: dict) -> list[str]:
@@ -351,7 +371,7 @@ class FakeKubeAPI:
                 outer.requests.append(self.path)
                 path = self.path.split("?")[0].strip("/").split("/")
                 if path == ["version"]:
-                    return self.reply(200, {"major": "1", "minor": "33", "gitVersion": "v1.33.0"})
+                    return self.reply(200, {"major": "1", "minor": "37", "gitVersion": "v1.37.2"})
                 if path == ["api", "v1"]:
                     return self.reply(200, {"kind": "APIResourceList", "groupVersion": "v1", "resources": [
                         {"name": "secrets", "singularName": "secret", "namespaced": True, "kind": "Secret",
@@ -392,8 +412,9 @@ class FakeKubeAPI:
 
 def render_against(api: FakeKubeAPI, tmp_path) -> Rendering:
     import os
-    from conftest import helm
-    proc = subprocess.run([helm(), "template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=server"],
+    from conftest import KUBE_VERSION, helm
+    proc = subprocess.run([helm(), "template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=server",
+                           "--kube-version", KUBE_VERSION],
                           capture_output=True, text=True, timeout=60,
                           env=dict(os.environ, KUBECONFIG=api.kubeconfig(tmp_path)))
     assert proc.returncode == 0, proc.stderr
@@ -662,25 +683,17 @@ def test_hpa():
     assert targets == {"cpu": 70, "memory": 80}
 
 
-def test_the_pause_is_the_servers_own_drain_unless_the_kubelets_sleep_is_asked_for_on_1_29():
-    for kube_version in ("1.25.0", "1.28.0", "1.29.0", "1.33.0"):
-        r = render(kube_version=kube_version)
-        assert "lifecycle" not in r.container, kube_version
-        assert r.flags()["shutdown-delay"] == "5s", "serve drains itself: unready at SIGTERM, connections told to move"
-    kubelet = {"preStop": {"by": "kubelet"}}
-    r = render(values=kubelet)
+def test_the_pause_is_the_servers_own_drain_unless_the_kubelets_sleep_is_asked_for():
+    r = render()
+    assert "lifecycle" not in r.container
+    assert r.flags()["shutdown-delay"] == "5s", "serve drains itself: unready at SIGTERM, connections told to move"
+    r = render(values={"preStop": {"by": "kubelet"}})
     assert r.container["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
     assert "shutdown-delay" not in r.flags(), "the sleep action pauses; serve closes at SIGTERM"
     assert r.pod["terminationGracePeriodSeconds"] >= 5 + int(r.flags()["shutdown-timeout"].rstrip("s"))
-    r = render(kube_version="1.28.0", values=kubelet)
-    assert "lifecycle" not in r.container, "no sleep action before 1.29"
-    assert r.flags()["shutdown-delay"] == "5s"
-    assert r.pod["terminationGracePeriodSeconds"] >= 5 + int(r.flags()["shutdown-timeout"].rstrip("s"))
-    r = render(kube_version="1.28.0", values={"preStop": {"enabled": False}})
+    r = render(values={"preStop": {"enabled": False}})
     assert "lifecycle" not in r.container and "shutdown-delay" not in r.flags()
-    assert "unhealthyPodEvictionPolicy" in r.one("PodDisruptionBudget")["spec"]
-    r = render(kube_version="1.26.0", values={"preStop": {"enabled": False}})
-    assert "unhealthyPodEvictionPolicy" not in r.one("PodDisruptionBudget")["spec"], "field is 1.27+"
+    assert r.one("PodDisruptionBudget")["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
     err = render_error(values={"preStop": {"by": "sleep"}})
     assert "preStop.by" in err and "kubelet" in err, err
 
@@ -723,7 +736,7 @@ def test_no_rbac_and_no_token_without_the_namespace_cache():
 # === The chart's own NetworkPolicy ===
 
 def is_default_deny(spec: dict) -> bool:
-    """SPEC section 3, condition 1: a policy is default-deny only if its podSelector selects every pod."""
+    """docs/design.md section 3, condition 1: a policy is default-deny only if its podSelector selects every pod."""
     sel = spec.get("podSelector") or {}
     return not sel.get("matchLabels") and not sel.get("matchExpressions")
 
@@ -790,8 +803,8 @@ def test_prometheus_rule():
         assert a["annotations"]["summary"] and a["annotations"]["description"], name
         assert "{{ $labels" not in a["expr"]
         used |= metric_names(a["expr"])
-    assert used <= SPEC_METRICS, used - SPEC_METRICS
-    # SPEC section 7: webhook errors, latency, certificate expiry, unprotected namespaces (and denial spikes).
+    assert used <= CONTRACT_METRICS, used - CONTRACT_METRICS
+    # docs/design.md section 7: webhook errors, latency, certificate expiry, unprotected namespaces (and denial spikes).
     expr = {n: a["expr"] for n, a in alerts.items()}
     assert 'decision="error"' in expr["DefaultDenyGuardAdmissionErrors"]
     assert "apiserver_admission_webhook_rejection_count" in expr["DefaultDenyGuardWebhookCallsFailing"]
@@ -836,8 +849,8 @@ def test_dashboard():
                          .replace("$namespace", ".*"))
             promql_ok(concrete)
             used |= metric_names(e)
-    assert used <= SPEC_METRICS, used - SPEC_METRICS
-    # SPEC section 7: decisions by rule, latency percentiles, exceptions used, coverage.
+    assert used <= CONTRACT_METRICS, used - CONTRACT_METRICS
+    # docs/design.md section 7: decisions by rule, latency percentiles, exceptions used, coverage.
     assert any("by (rule, decision)" in e for e in exprs["Decisions by rule"])
     assert [("histogram_quantile(0.5" in e, "histogram_quantile(0.99" in e) for e in exprs["Latency p50 / p99"]] == [
         (True, False), (False, True)]

@@ -334,11 +334,22 @@ impl Cluster {
 
     /// The server's minor version, e.g. 37 for v1.37.2.
     pub fn server_minor_version(&self) -> u32 {
+        let v = self.server_version();
+        let minor = v["minor"].as_str().unwrap_or_default();
+        minor.trim_end_matches('+').parse().unwrap_or_else(|_| panic!("server version: {v}"))
+    }
+
+    /// The server's version, e.g. v1.37.2: what `helm template --kube-version` is given, as `helm install` would
+    /// find it (helm's own default is older than the chart's floor).
+    pub fn server_git_version(&self) -> String {
+        self.server_version()["gitVersion"].as_str().unwrap().to_owned()
+    }
+
+    fn server_version(&self) -> Value {
         let out = self.kubectl(&["version", "-o", "json"]);
         out.ok();
         let v: Value = serde_json::from_str(&out.stdout).unwrap();
-        let minor = v["serverVersion"]["minor"].as_str().unwrap_or_default();
-        minor.trim_end_matches('+').parse().unwrap_or_else(|_| panic!("server version: {}", out.stdout))
+        v["serverVersion"].clone()
     }
 
     /// The chart's two webhook configurations in out-of-cluster mode, as `helm template` renders them.
@@ -346,10 +357,13 @@ impl Cluster {
         let mut cmd = Command::new(&self.helm);
         let url_value = format!("webhook.url={url}");
         let ca_value = format!("webhook.caBundle={}", ca.display());
+        let version = self.server_git_version();
         let mut args = vec![
             "template",
             release,
             self.chart.to_str().unwrap(),
+            "--kube-version",
+            &version,
             "--set",
             &url_value,
             "--set-file",

@@ -366,18 +366,14 @@ Settings that would deploy something broken fail the rendering, with the reason 
 {{- fail (printf "reconciler.terminationGracePeriodSeconds (%d) must cover reconciler.shutdownTimeoutSeconds (%d), or running reconciles are cut off" (int $r.terminationGracePeriodSeconds) (int $r.shutdownTimeoutSeconds)) }}
 {{- end }}
 {{- end }}
-{{- $matchConditions := concat .Values.webhook.validating.matchConditions .Values.webhook.mutating.matchConditions }}
-{{- if and $matchConditions (semverCompare "<1.28-0" .Capabilities.KubeVersion.Version) }}
-{{- fail (printf "webhook.*.matchConditions need Kubernetes 1.28+ (this is %s)" .Capabilities.KubeVersion.Version) }}
-{{- end }}
 {{- end }}
 
 {{/*
-How the shutdown pause is taken: "server" (serve's own drain, --shutdown-delay: the default, and the only way before
-Kubernetes 1.29), "preStop" (the kubelet's sleep action, with preStop.by=kubelet on 1.29+), or "" (no pause).
+How the shutdown pause is taken: "server" (serve's own drain, --shutdown-delay: the default), "preStop" (the
+kubelet's sleep action, preStop.by=kubelet), or "" (no pause).
 */}}
 {{- define "default-deny-guard.pauseBy" -}}
 {{- if .Values.preStop.enabled -}}
-{{- ternary "preStop" "server" (and (eq .Values.preStop.by "kubelet") (semverCompare ">=1.29-0" .Capabilities.KubeVersion.Version)) -}}
+{{- ternary "preStop" "server" (eq .Values.preStop.by "kubelet") -}}
 {{- end -}}
 {{- end }}
