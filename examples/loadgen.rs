@@ -223,10 +223,10 @@ fn lost_kind(e: &hyper::Error) -> Failure {
                 return Failure::Unsent;
             }
         }
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            if matches!(io.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe) {
-                return "reset".into();
-            }
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && matches!(io.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe)
+        {
+            return "reset".into();
         }
         source = s.source();
     }

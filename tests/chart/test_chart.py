@@ -553,6 +553,7 @@ def test_default_flags():
                             "system:serviceaccount:kube-system:generic-garbage-collector",
         "namespace-cache": "auto",
         "shutdown-timeout": "25s",
+        "shutdown-delay": "5s",
     }
     assert r.container["image"] == "default-deny-guard:0.1.0"
 
@@ -645,7 +646,8 @@ def test_ha_defaults():
     assert pdb["spec"]["selector"]["matchLabels"] == d["spec"]["selector"]["matchLabels"]
     assert pdb["spec"]["maxUnavailable"] == 1 and "minAvailable" not in pdb["spec"]
     assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
-    assert r.container["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
+    assert "lifecycle" not in r.container, "the webhook's own drain pauses, not a preStop hook"
+    assert r.flags()["shutdown-delay"] == "5s"
     grace = r.pod["terminationGracePeriodSeconds"]
     assert grace >= 5 + int(r.flags()["shutdown-timeout"].rstrip("s"))
     assert r.pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
@@ -681,13 +683,19 @@ def test_hpa():
     assert targets == {"cpu": 70, "memory": 80}
 
 
-def test_the_pause_is_the_prestop_sleep_action():
+def test_the_pause_is_the_servers_own_drain_unless_the_kubelets_sleep_is_asked_for():
     r = render()
-    assert "shutdown-delay" not in r.flags(), "the preStop sleep action pauses"
-    assert r.container["lifecycle"]["preStop"]["sleep"]["seconds"] == 5
+    assert "lifecycle" not in r.container
+    assert r.flags()["shutdown-delay"] == "5s", "serve drains itself: unready at SIGTERM, connections told to move"
+    r = render(values={"preStop": {"by": "kubelet"}})
+    assert r.container["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
+    assert "shutdown-delay" not in r.flags(), "the sleep action pauses; serve closes at SIGTERM"
+    assert r.pod["terminationGracePeriodSeconds"] >= 5 + int(r.flags()["shutdown-timeout"].rstrip("s"))
     r = render(values={"preStop": {"enabled": False}})
     assert "lifecycle" not in r.container and "shutdown-delay" not in r.flags()
     assert r.one("PodDisruptionBudget")["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    err = render_error(values={"preStop": {"by": "sleep"}})
+    assert "preStop.by" in err and "kubelet" in err, err
 
 
 def test_grace_period_must_cover_the_shutdown():

@@ -369,11 +369,11 @@ Settings that would deploy something broken fail the rendering, with the reason 
 {{- end }}
 
 {{/*
-How the shutdown pause is taken: "preStop" (the kubelet's sleep action, Kubernetes 1.29+), "server" (serve's own
---shutdown-delay, for older clusters), or "" (no pause).
+How the shutdown pause is taken: "server" (serve's own drain, --shutdown-delay: the default), "preStop" (the
+kubelet's sleep action, preStop.by=kubelet), or "" (no pause).
 */}}
 {{- define "default-deny-guard.pauseBy" -}}
 {{- if .Values.preStop.enabled -}}
-{{- ternary "preStop" "server" (semverCompare ">=1.29-0" .Capabilities.KubeVersion.Version) -}}
+{{- ternary "preStop" "server" (eq .Values.preStop.by "kubelet") -}}
 {{- end -}}
 {{- end }}
