@@ -16,4 +16,8 @@ if [ "${DDG_E2E:-1}" = 0 ]; then
 else
   echo "== end-to-end (hack/e2e.sh)"
   ./hack/e2e.sh
+  # Rolling restarts behind a load balancer, through the control plane and with the load harness: it needs the
+  # control plane and the release binary that the end-to-end step built.
+  echo "== rollout (hack/rollout-test.sh, short)"
+  ROLLOUT_SHORT=1 ./hack/rollout-test.sh
 fi
