@@ -345,6 +345,8 @@ impl<'a> Repointed<'a> {
             namespace,
             "--set",
             "tls.existingSecret=e2e-unused",
+            "--set",
+            "webhook.matchConditions.enabled=false",
             "--set-file",
             &ca,
             "--show-only",
