@@ -32,6 +32,9 @@ const EXC: &str = "default-deny-guard.io/exception";
 const EXP: &str = "default-deny-guard.io/exception-expires";
 /// The Helm release name: the webhook configurations are `e2e-default-deny-guard`.
 const RELEASE: &str = "e2e";
+/// Every request reaches the webhook, so that each scenario sees its decision: the chart's default matchConditions
+/// (which leave out the requests that cannot matter) are tests/e2e_policies.rs's subject.
+const ALL_REQUESTS: &[&str] = &["--set", "webhook.matchConditions.enabled=false"];
 /// The namespace teardown must complete within this (the namespace controller alone takes about 5 s).
 const TEARDOWN_LIMIT: Duration = Duration::from_secs(30);
 
@@ -89,7 +92,7 @@ impl Shared {
         let cluster = Cluster::from_env(env!("CARGO_BIN_EXE_default-deny-guard"));
         cluster.note("setup: serve, helm template | kubectl apply, wait until the API server calls the webhook");
         let main = Webhook::start(&cluster, "webhook", &[]);
-        cluster.register(RELEASE, &main.url(), &main.ca);
+        cluster.register_with(RELEASE, &main.url(), &main.ca, ALL_REQUESTS);
         // A new configuration reaches the API server's admission chain through a watch, about a second later.
         wait_for_probe(&cluster, Probe::MAIN);
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
@@ -322,7 +325,7 @@ impl<'a> Repointed<'a> {
     /// The chart's configurations rendered with more `helm template` arguments (`--set ...`).
     fn to_with(shared: &'a Shared, url: &str, ca: &Path, helm: &[&str], want: Probe) -> Repointed<'a> {
         let guard = Repointed { shared };
-        shared.cluster.register_with(RELEASE, url, ca, helm);
+        shared.cluster.register_with(RELEASE, url, ca, &[ALL_REQUESTS, helm].concat());
         wait_for_probe(&shared.cluster, want);
         guard
     }
@@ -384,7 +387,7 @@ impl<'a> Repointed<'a> {
     /// Points the configurations at `webhook`, which answers like the main one: waits until both probes reach it.
     fn to_webhook(shared: &'a Shared, webhook: &Webhook) -> Repointed<'a> {
         let guard = Repointed { shared };
-        shared.cluster.register(RELEASE, &webhook.url(), &webhook.ca);
+        shared.cluster.register_with(RELEASE, &webhook.url(), &webhook.ca, ALL_REQUESTS);
         let started = Instant::now();
         poll("both probes to reach the new webhook", Duration::from_secs(30), Duration::from_millis(250), || {
             let mark = webhook.proc.log_mark();
@@ -408,7 +411,7 @@ impl Drop for Repointed<'_> {
     fn drop(&mut self) {
         let s = self.shared;
         let restore = || {
-            s.cluster.register(RELEASE, &s.main.url(), &s.main.ca);
+            s.cluster.register_with(RELEASE, &s.main.url(), &s.main.ca, ALL_REQUESTS);
             wait_for_probe(&s.cluster, Probe::MAIN);
         };
         if std::thread::panicking() {

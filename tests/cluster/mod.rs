@@ -364,10 +364,6 @@ impl Cluster {
             self.chart.to_str().unwrap(),
             "--kube-version",
             &version,
-            // Every request reaches the webhook, so that the scenarios see its decision on each; the chart's default
-            // matchConditions (which leave out the requests that cannot matter) are tests/e2e_policies.rs's subject.
-            "--set",
-            "webhook.matchConditions.enabled=false",
             "--set",
             &url_value,
             "--set-file",
