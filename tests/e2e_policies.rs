@@ -613,8 +613,9 @@ fn policies_decide_as_the_webhook() {
     assert_eq!(verdict("r4-other-value-create").label.as_deref(), Some("enabled"));
     assert_eq!(verdict("r4-exception-create").label.as_deref(), Some(""));
     assert_eq!(verdict("r4-system-by-label-create").label.as_deref(), Some(""));
-    assert!(verdict("r2-empty-exception-delete").messages[0].ends_with(&format!(
-        "The exception present does not count: {EXC} is empty: give the reason for the exception."
+    // The note stands before the kubectl hint (the hint ends the message, as in every R2 denial).
+    assert!(verdict("r2-empty-exception-delete").messages[0].contains(&format!(
+        " The exception present does not count: {EXC} is empty: give the reason for the exception. To delete it"
     )));
     assert_eq!(
         verdict("r2-delete-all").messages.len(),
