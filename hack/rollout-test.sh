@@ -318,7 +318,7 @@ run_cluster() {
   # Every decision and each connection's protocol: the server module's lines down to debug.
   SERVE_LOG=info,default_deny_guard::server=debug
   rollout cluster
-  "$helm" template rollout charts/default-deny-guard --set "webhook.url=https://127.0.0.1:$LB_PORT" \
+  "$helm" template rollout charts/default-deny-guard --kube-version "$(cat "$kube_bin/.version")" --set "webhook.url=https://127.0.0.1:$LB_PORT" \
     --set-file "webhook.caBundle=$WORK/ca-bundle.crt" \
     --show-only templates/validatingwebhookconfiguration.yaml --show-only templates/mutatingwebhookconfiguration.yaml \
     | "${kubectl[@]}" apply -f - >&2
