@@ -11,7 +11,8 @@
 #   6. the teardown scenarios again, on a control plane whose controller manager acts under its own identity
 #      (KCM_SERVICE_ACCOUNTS=0): there only the namespace's deletionTimestamp tells a teardown from a deletion
 #   7. tests/e2e_policies.rs (the in-API-server policies against the webhook) on a fresh control plane
-#   8. hack/kube-local/down.sh           always (EXIT trap), whatever happened before; stops by saved PIDs
+#   8. tests/e2e_audit.rs (the reconciler's audit of a cluster prepared before the product) on a fresh control plane
+#   9. hack/kube-local/down.sh           always (EXIT trap), whatever happened before; stops by saved PIDs
 # and prints a summary line with each step's duration.
 #
 # Usage: hack/e2e.sh [TEST-NAME-FILTER]      e.g. hack/e2e.sh teardown
@@ -146,7 +147,7 @@ case $built in /*) ;; *) built=$ROOT/$built ;; esac
 export DDG_E2E_BIN=$WORK/bin/default-deny-guard
 mkdir -p "$WORK/bin"
 # shellcheck disable=SC2016 # expanded by the inner shell
-run_step build 2400 bash -c 'cargo build --release --locked && cp "$1" "$2" && cargo test --release --locked --test e2e --test e2e_policies --no-run' \
+run_step build 2400 bash -c 'cargo build --release --locked && cp "$1" "$2" && cargo test --release --locked --test e2e --test e2e_policies --test e2e_audit --no-run' \
   _ "$built" "$DDG_E2E_BIN"
 [ -x "$DDG_E2E_BIN" ] || { log "no binary at $DDG_E2E_BIN"; exit 1; }
 
@@ -199,6 +200,24 @@ if [ -z "$FILTER" ] || [[ "$FILTER" == *polic* || "$FILTER" == *match* ]]; then
     cargo test --release --locked --test e2e_policies -- --ignored --test-threads=1 2>&1 | tee "$1"' _ "$policies_log" \
     || rc=$?
   detail+=", policies: $(grep -Eo '[0-9]+ passed; [0-9]+ failed' "$policies_log" | tail -n 1 || true)"
+fi
+
+# The audit (tests/e2e_audit.rs), on a fresh control plane: it prepares the cluster before the product is there, and
+# its findings are of the whole cluster.
+if [ -z "$FILTER" ] || [[ "$FILTER" == *audit* ]]; then
+  timeout --kill-after=10 120 hack/kube-local/down.sh >/dev/null || true
+  export KUBE_LOCAL_RUN=$WORK/kube-local-audit DDG_E2E_WORK=$WORK/suite-audit
+  unset DDG_E2E_KCM_IDENTITY
+  mkdir -p "$DDG_E2E_WORK"
+  run_step up-audit 300 hack/kube-local/up.sh >"$WORK/kubeconfig-path"
+  DDG_E2E_KUBECONFIG=$(tail -n 1 "$WORK/kubeconfig-path")
+  export DDG_E2E_AUDIT_LOG=$KUBE_LOCAL_RUN/audit.log
+  audit_log=$WORK/suite-audit.out
+  # shellcheck disable=SC2016 # expanded by the inner shell
+  run_step suite-audit 600 bash -c 'set -o pipefail
+    cargo test --release --locked --test e2e_audit -- --ignored --test-threads=1 2>&1 | tee "$1"' _ "$audit_log" \
+    || rc=$?
+  detail+=", audit: $(grep -Eo '[0-9]+ passed; [0-9]+ failed' "$audit_log" | tail -n 1 || true)"
 fi
 exit "$rc"
 }

@@ -11,11 +11,14 @@ use std::time::Duration;
 use clap::builder::PossibleValue;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::audit::AuditConfig;
+use crate::audit::report::ReportApi;
 use crate::certs::CertsConfig;
 use crate::check::{CheckConfig, OutputFormat};
-use crate::reconcile::ReconcileConfig;
 use crate::reconcile::controller::Timing;
 use crate::reconcile::desired::{DnsAllowance, Labels, PolicyTypes};
+use crate::reconcile::once::OnceOutput;
+use crate::reconcile::{AuditSettings, ReconcileConfig};
 use crate::rules::{self, EnableLabel, ExceptionKeys, LabelMatch, RuleId, Settings, SystemNamespaces};
 use crate::server::{NamespaceCacheMode, ServeConfig, ServeError};
 use crate::telemetry::LogFormat;
@@ -57,6 +60,10 @@ pub enum Command {
     Certs(CertsArgs),
     /// Keep the default-deny-all NetworkPolicy in every enabled namespace (the companion controller).
     Reconcile(ReconcileArgs),
+    /// Print the CustomResourceDefinitions of the reports the reconciler's audit writes (PolicyReport and
+    /// ClusterPolicyReport; with --api openreports.io, Report and ClusterReport), for clusters without Kyverno or
+    /// Policy Reporter: `default-deny-guard crds | kubectl apply -f -`.
+    Crds(CrdsArgs),
     /// Print the rules as in-API-server admission policies (ValidatingAdmissionPolicy for R1, R2, R3, R5;
     /// MutatingAdmissionPolicy for R4), for `kubectl apply -f -`.
     Policies(PoliciesArgs),
@@ -306,8 +313,8 @@ pub struct CertsArgs {
     pub force: bool,
 }
 
-/// `reconcile`: the companion controller. Exit status (with `--once`): 0 every namespace protected or exempt, 1 some
-/// unprotected (listed on stdout), 2 API errors.
+/// `reconcile`: the companion controller, and the auditor of what exists. Exit status (with `--once`): 0 every
+/// namespace protected or exempt and no finding, 1 some unprotected or a finding (listed on stdout), 2 API errors.
 #[derive(Debug, Clone, Args)]
 pub struct ReconcileArgs {
     #[command(flatten)]
@@ -335,10 +342,29 @@ pub struct ReconcileArgs {
     #[arg(long, env = "DEFAULT_DENY_GUARD_DNS_PORTS", value_delimiter = ',', default_value = "53")]
     pub dns_ports: Vec<u16>,
 
-    /// One pass over every namespace, then exit: 0 all protected or exempt, 1 some unprotected (listed), 2 on API
-    /// errors. For a CronJob or a CI job.
+    /// One pass over every namespace and an audit, then exit: 0 all protected or exempt and nothing found, 1 some
+    /// unprotected or a finding that needs a person (listed), 2 on API errors. For a CronJob or a CI job.
     #[arg(long, env = "DEFAULT_DENY_GUARD_ONCE")]
     pub once: bool,
+
+    /// With --once: the report as `text` lines or one `json` document.
+    #[arg(long, env = "DEFAULT_DENY_GUARD_OUTPUT", default_value = "text", value_parser = ["text", "json"])]
+    pub output: String,
+
+    /// Audit what exists (default-deny policies in system namespaces, uncovered namespaces, exceptions) into metrics,
+    /// reports and Events; `--audit=false` leaves that to another tool.
+    #[arg(long, env = "DEFAULT_DENY_GUARD_AUDIT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub audit: bool,
+
+    /// An exception that expires within this long is reported as expiring (warn; alert
+    /// DefaultDenyGuardExceptionsExpiringSoon).
+    #[arg(long, env = "DEFAULT_DENY_GUARD_EXCEPTIONS_EXPIRING_WITHIN", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub exceptions_expiring_within: Duration,
+
+    /// The report APIs the audit writes, each when the cluster serves it: wgpolicyk8s.io (PolicyReport,
+    /// ClusterPolicyReport), openreports.io (Report, ClusterReport), comma-separated; `none` for none.
+    #[arg(long, env = "DEFAULT_DENY_GUARD_REPORTS", default_value = "wgpolicyk8s.io")]
+    pub reports: String,
 
     /// First label the existing non-system namespaces that lack the enable label (skipping those with a valid
     /// exception and those being deleted), then go on as usual.
@@ -373,6 +399,14 @@ pub struct ReconcileArgs {
     /// How long SIGTERM waits for running reconciles before exiting.
     #[arg(long, env = "DEFAULT_DENY_GUARD_SHUTDOWN_TIMEOUT", default_value = "25s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
+}
+
+/// `crds`: which report API's CustomResourceDefinitions.
+#[derive(Debug, Clone, Args)]
+pub struct CrdsArgs {
+    /// The report API: wgpolicyk8s.io (v1alpha2) or openreports.io (v1alpha1); comma-separated for both.
+    #[arg(long, value_delimiter = ',', default_value = "wgpolicyk8s.io")]
+    pub api: Vec<ReportApi>,
 }
 
 /// `policies`: the rules' flags of `serve`, and where the policies go.
@@ -491,8 +525,31 @@ impl ReconcileArgs {
                 concurrency: self.concurrency,
                 shutdown_timeout: self.shutdown_timeout,
             },
+            audit: match self.audit {
+                true => Some(AuditSettings {
+                    config: AuditConfig { expiring_within: self.exceptions_expiring_within },
+                    reports: report_apis(&self.reports)?,
+                }),
+                false => None,
+            },
+            output: if self.output == "json" { OnceOutput::Json } else { OnceOutput::Text },
         })
     }
+}
+
+/// `--reports`: report APIs, comma-separated, or `none`.
+fn report_apis(list: &str) -> Result<Vec<ReportApi>, String> {
+    if list.trim() == "none" {
+        return Ok(Vec::new());
+    }
+    let mut apis = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let api: ReportApi = item.parse().map_err(|e| format!("--reports: {e}, or none"))?;
+        if !apis.contains(&api) {
+            apis.push(api);
+        }
+    }
+    Ok(apis)
 }
 
 #[cfg(test)]

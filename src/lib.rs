@@ -1,6 +1,7 @@
 //! default-deny-guard: a Kubernetes admission webhook that keeps default-deny NetworkPolicies where they belong.
 
 pub mod admission;
+pub mod audit;
 pub mod certs;
 pub mod check;
 pub mod cli;

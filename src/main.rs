@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use default_deny_guard::cli::{Cli, Command};
-use default_deny_guard::{certs, check, policies, reconcile, server, telemetry};
+use default_deny_guard::{audit, certs, check, policies, reconcile, server, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -35,6 +35,17 @@ fn main() -> ExitCode {
             }
         },
         Command::Certs(args) => certs::run(&args.into()),
+        Command::Crds(args) => {
+            let mut out = String::new();
+            for api in args.api {
+                for crd in audit::report::crds(api) {
+                    out.push_str("---\n");
+                    out.push_str(&serde_saphyr::to_string(&crd).expect("a CRD serialises"));
+                }
+            }
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
         Command::Policies(args) => {
             let printed = args
                 .rules

@@ -1119,7 +1119,9 @@ fn metric(text: &str, name: &str, kind: &str) -> f64 {
 // - `reconcile --once` and `--backfill` report on, and exit by, the whole cluster, where other scenarios leave
 //   namespaces unprotected on purpose (unlabelled, foreign policies). Their runs here are given every other namespace
 //   as a system namespace (see `only`), so that what they print and their exit status are about the scenario's own
-//   namespaces, and so that they label no one else's.
+//   namespaces, and so that they label no one else's. They run with `--audit=false`: the audit judges the whole
+//   cluster (every other namespace's default-deny policy would be an R1 finding under that scope), and has a
+//   control plane and a suite of its own (tests/e2e_audit.rs).
 
 /// How long the reconciler may take to put a policy in place (it takes well under a second here).
 const RECONCILE_LIMIT: Duration = Duration::from_secs(10);
@@ -1495,7 +1497,7 @@ fn reconciler_backfill_labels_namespaces_that_predate_the_webhook() {
 
     // The backfill, and one pass.
     let scope = only(&s, &names);
-    let out = s.cluster.run(&["reconcile", "--backfill", "--once", &scope], ONCE_LIMIT);
+    let out = s.cluster.run(&["reconcile", "--backfill", "--once", "--audit=false", &scope], ONCE_LIMIT);
     out.code(0)
         .stdout_has(&format!("label  {old_a}: done\n"))
         .stdout_has(&format!("label  {old_b}: done\n"))
@@ -1541,7 +1543,7 @@ fn reconciler_once_exit_status_tells_what_is_unprotected() {
     s.cluster.kubectl_in(&["create", "-n", &foreign, "-f", "-"], Some(FOREIGN_POLICY)).ok();
     let names = [plain.as_str(), platform.as_str(), foreign.as_str()];
     let scope = only(&s, &names);
-    let once = || s.cluster.run(&["reconcile", "--once", &scope], ONCE_LIMIT);
+    let once = || s.cluster.run(&["reconcile", "--once", "--audit=false", &scope], ONCE_LIMIT);
     let conflict_output: Out;
 
     // The webhook has one more system namespace pattern than the reconciler.
@@ -1624,7 +1626,7 @@ fn reconciler_egress_policy_keeps_dns_open() {
     s.create_namespace(&ns);
     let scope = only(&s, &[&ns]);
     s.cluster
-        .run(&["reconcile", "--once", "--policy-types", "Ingress,Egress", &scope], ONCE_LIMIT)
+        .run(&["reconcile", "--once", "--audit=false", "--policy-types", "Ingress,Egress", &scope], ONCE_LIMIT)
         .code(0)
         .stdout_has(&format!("created      {ns}\n"));
     let dns = json!({
@@ -1648,7 +1650,7 @@ fn reconciler_egress_policy_keeps_dns_open() {
         .stdout_has("\"kubernetes.io/metadata.name\":\"kube-system\"");
 
     s.cluster
-        .run(&["reconcile", "--once", &scope], ONCE_LIMIT)
+        .run(&["reconcile", "--once", "--audit=false", &scope], ONCE_LIMIT)
         .code(0)
         .stdout_has(&format!("restored     {ns}\n"))
         .stdout_has("namespaces: 1 protected, 0 unprotected, ");

@@ -489,7 +489,7 @@ async fn publish(
     }
 }
 
-fn truncate(mut s: String, max: usize) -> String {
+pub(super) fn truncate(mut s: String, max: usize) -> String {
     if s.len() > max {
         let mut end = max - 3;
         while !s.is_char_boundary(end) {

@@ -13,8 +13,10 @@
 //! - [`once`]: `--once`, one pass and a report;
 //! - [`serve`]: the long-running controller with its health and metrics endpoints;
 //! - [`snapshot`]: listings for `--once` and `--backfill`;
-//! - [`metrics`]: the reconciler's metrics.
+//! - [`metrics`]: the reconciler's metrics;
+//! - [`auditor`]: the audit's reports and Events (the audit itself is [`crate::audit`], pure).
 
+pub mod auditor;
 pub mod backfill;
 pub mod controller;
 pub mod desired;
@@ -34,18 +36,23 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector;
 
+use crate::audit::report::ReportApi;
+use crate::audit::{AuditConfig, AuditedPolicy};
 use crate::metrics::Exporter;
 use crate::rules::Settings;
+use auditor::{AuditOutputs, Auditor};
 use controller::{Context, Timing};
 use desired::{DnsAllowance, MANAGER, PolicyTemplate, PolicyTypes};
+use once::OnceOutput;
 use state::Survey;
 
 /// The exit status of `reconcile`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
-    /// Done (the controller stopped on a signal), or every namespace protected or exempt (`--once`).
+    /// Done (the controller stopped on a signal), or every namespace protected or exempt and no finding that needs
+    /// a person (`--once`).
     Success = 0,
-    /// `--once`: some namespaces are unprotected (listed).
+    /// `--once`: some namespaces are unprotected, or the audit found something (listed).
     Unprotected = 1,
     /// The API failed (listing, applying, labelling), or the configuration is wrong.
     ApiError = 2,
@@ -96,6 +103,18 @@ pub struct ReconcileConfig {
     pub dry_run: bool,
     pub timing: Timing,
     pub endpoints: serve::Endpoints,
+    /// The audit of what exists; `None` to leave it to another tool.
+    pub audit: Option<AuditSettings>,
+    /// How `--once` prints its report.
+    pub output: OnceOutput,
+}
+
+/// The audit's configuration: what it reports, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditSettings {
+    pub config: AuditConfig,
+    /// The report APIs written (each when the cluster serves it).
+    pub reports: Vec<ReportApi>,
 }
 
 /// `default-deny-guard reconcile`: `--backfill` first if asked (and only that with `--dry-run`), then one pass
@@ -159,18 +178,36 @@ pub async fn run(args: ReconcileConfig) -> Result<Exit, RunError> {
             snapshot::namespaces(&client).await.map_err(|source| RunError::List { what: "namespaces", source })?;
         let results = once::pass(&ctx, namespaces, usize::from(args.endpoints.concurrency)).await;
         // The report is of the cluster as it is after the pass, listed again.
-        let survey = match (snapshot::namespaces(&client).await, snapshot::managed_policies(&client).await) {
-            (Ok(namespaces), Ok(policies)) => Survey::of(
-                &settings,
-                &template,
-                namespaces.iter().map(|n| &n.metadata),
-                |name| policies.get(&reflector::ObjectRef::<NetworkPolicy>::new(desired::POLICY_NAME).within(name)),
-                jiff::Timestamp::now(),
-            ),
-            (Err(source), _) => return Err(RunError::List { what: "namespaces", source }),
-            (_, Err(source)) => return Err(RunError::List { what: "NetworkPolicies", source }),
+        let (namespaces, policies) =
+            match (snapshot::namespaces(&client).await, snapshot::managed_policies(&client).await) {
+                (Ok(namespaces), Ok(policies)) => (namespaces, policies),
+                (Err(source), _) => return Err(RunError::List { what: "namespaces", source }),
+                (_, Err(source)) => return Err(RunError::List { what: "NetworkPolicies", source }),
+            };
+        let now = jiff::Timestamp::now();
+        let survey = Survey::of(
+            &settings,
+            &template,
+            namespaces.iter().map(|n| &n.metadata),
+            |name| policies.get(&reflector::ObjectRef::<NetworkPolicy>::new(desired::POLICY_NAME).within(name)),
+            now,
+        );
+        let audit = match &args.audit {
+            Some(audit) => {
+                let all: Vec<AuditedPolicy> = snapshot::all_policies(&client)
+                    .await
+                    .map_err(|source| RunError::List { what: "NetworkPolicies", source })?;
+                let found =
+                    crate::audit::audit(&settings, &audit.config, namespaces.iter().map(|n| &n.metadata), &all, now);
+                let outputs = AuditOutputs { reports: audit.reports.clone(), events: false };
+                let published =
+                    Auditor::new(client.clone(), outputs, Reporter::from(MANAGER)).publish(&found, now).await;
+                tracing::info!(findings = found.findings.len(), ?published, "audited");
+                Some(found)
+            }
+            None => None,
         };
-        return Ok(once::report(&results, &survey, stdout)?);
+        return Ok(once::report(&results, &survey, audit.as_ref(), args.output, stdout)?);
     }
 
     let (policies, policy_writer) = reflector::store::<NetworkPolicy>();
@@ -178,6 +215,14 @@ pub async fn run(args: ReconcileConfig) -> Result<Exit, RunError> {
         Context::new(client.clone(), settings, template, policies, reconcile_metrics.clone(), args.timing, reporter)
             .with_unsynced_policies(),
     );
+    let audit = args.audit.map(|audit| serve::AuditSetup {
+        config: audit.config,
+        auditor: Auditor::new(
+            client.clone(),
+            AuditOutputs { reports: audit.reports, events: true },
+            Reporter::from(MANAGER),
+        ),
+    });
     serve::run(
         client,
         ctx,
@@ -185,6 +230,7 @@ pub async fn run(args: ReconcileConfig) -> Result<Exit, RunError> {
         metrics,
         reconcile_metrics,
         args.endpoints,
+        audit,
         crate::signal::shutdown_signal(),
     )
     .await?;

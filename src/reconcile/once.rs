@@ -1,5 +1,6 @@
-//! `--once`: one pass over every namespace for a CronJob or a CI job, then a report of what is still unprotected,
-//! told by the exit status: 0 all protected (or exempt), 1 some unprotected (listed), 2 API errors.
+//! `--once`: one pass over every namespace for a CronJob or a CI job, then a report of what is still unprotected
+//! and of the audit's findings, as text or JSON (`--output`), told by the exit status: 0 all protected (or exempt)
+//! and nothing found, 1 some unprotected or a finding that needs a person (listed), 2 API errors.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -10,6 +11,17 @@ use kube::ResourceExt;
 use super::Exit;
 use super::controller::{Context, NamespaceMeta, Outcome, ReconcileError, reconcile_namespace};
 use super::state::Survey;
+use crate::audit::Audit;
+
+/// How `--once` prints its report.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnceOutput {
+    /// Lines for a person (and for `grep`).
+    #[default]
+    Text,
+    /// One JSON document, for machines.
+    Json,
+}
 
 /// Reconciles each namespace once, `concurrency` at a time. Each one's outcome, in the order given.
 pub async fn pass(
@@ -37,28 +49,76 @@ pub async fn pass(
     results.into_iter().map(|(_, name, result)| (name, result)).collect()
 }
 
-/// Prints what the pass did that matters (writes, conflicts, errors) and the survey taken after it; returns the
-/// exit status.
+/// Prints what the pass did that matters (writes, conflicts, errors), the survey taken after it and the audit's
+/// findings; returns the exit status.
 pub fn report(
     results: &[(String, Result<Outcome, ReconcileError>)],
     survey: &Survey,
+    audit: Option<&Audit>,
+    output: OnceOutput,
     out: &mut dyn Write,
 ) -> std::io::Result<Exit> {
-    let mut errors = 0;
+    let errors = results.iter().filter(|(_, r)| r.is_err()).count();
+    // With the audit, a namespace without the enable label is the coverage check's to judge: covered by a policy
+    // of the team's own, or a finding. The reconciler's gaps left are those of enabled namespaces.
+    let filtered;
+    let survey = match audit {
+        Some(_) => {
+            let mut s = survey.clone();
+            s.unprotected.retain(|(_, gap)| !matches!(gap, super::state::Gap::NotEnabled { .. }));
+            filtered = s;
+            &filtered
+        }
+        None => survey,
+    };
+    let exit = if errors > 0 {
+        Exit::ApiError
+    } else if survey.unprotected.is_empty() && !audit.is_some_and(Audit::needs_attention) {
+        Exit::Success
+    } else {
+        Exit::Unprotected
+    };
+    match output {
+        OnceOutput::Text => text(results, survey, audit, errors, out)?,
+        OnceOutput::Json => {
+            serde_json::to_writer_pretty(&mut *out, &json(results, survey, audit, exit))?;
+            writeln!(out)?;
+        }
+    }
+    Ok(exit)
+}
+
+fn text(
+    results: &[(String, Result<Outcome, ReconcileError>)],
+    survey: &Survey,
+    audit: Option<&Audit>,
+    errors: usize,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
     for (name, result) in results {
         match result {
             Ok(Outcome::Created) => writeln!(out, "created      {name}")?,
             Ok(Outcome::Restored) => writeln!(out, "restored     {name}")?,
             Ok(Outcome::Conflict(detail)) => writeln!(out, "conflict     {name}: {detail}")?,
             Ok(_) => {}
-            Err(e) => {
-                errors += 1;
-                writeln!(out, "error        {name}: {e}")?;
-            }
+            Err(e) => writeln!(out, "error        {name}: {e}")?,
         }
     }
     for (name, gap) in &survey.unprotected {
         writeln!(out, "unprotected  {name}: {gap}")?;
+    }
+    if let Some(audit) = audit {
+        for f in &audit.findings {
+            writeln!(
+                out,
+                "{:<5} {:<8} {:<9} {}: {}",
+                f.outcome.as_str(),
+                f.severity.as_str(),
+                f.check.as_str(),
+                f.subject,
+                f.message
+            )?;
+        }
     }
     writeln!(
         out,
@@ -67,13 +127,61 @@ pub fn report(
         survey.unprotected.len(),
         survey.exempt
     )?;
-    Ok(if errors > 0 {
-        Exit::ApiError
-    } else if survey.unprotected.is_empty() {
-        Exit::Success
-    } else {
-        Exit::Unprotected
-    })
+    if let Some(a) = audit {
+        use crate::audit::{Check, ExceptionState};
+        let c = a.coverage;
+        writeln!(
+            out,
+            "audit: {} R1, {} coverage, {} exception(s) ({} expiring, {} expired, {} invalid); coverage: {} covered, {} \
+             uncovered, {} exempt",
+            a.count(Check::SystemNamespace),
+            a.count(Check::Coverage),
+            a.count(Check::Exception),
+            a.exceptions(ExceptionState::Expiring),
+            a.exceptions(ExceptionState::Expired),
+            a.exceptions(ExceptionState::Invalid),
+            c.covered,
+            c.uncovered,
+            c.exempt
+        )?;
+    }
+    Ok(())
+}
+
+fn json(
+    results: &[(String, Result<Outcome, ReconcileError>)],
+    survey: &Survey,
+    audit: Option<&Audit>,
+    exit: Exit,
+) -> serde_json::Value {
+    let mut actions = Vec::new();
+    let mut errors = Vec::new();
+    for (name, result) in results {
+        match result {
+            Ok(o @ (Outcome::Created | Outcome::Restored)) => {
+                actions.push(serde_json::json!({"namespace": name, "result": o.as_str()}))
+            }
+            Ok(o @ Outcome::Conflict(detail)) => {
+                actions.push(serde_json::json!({"namespace": name, "result": o.as_str(), "detail": detail}))
+            }
+            Ok(_) => {}
+            Err(e) => errors.push(serde_json::json!({"namespace": name, "reason": e.reason(), "error": e.to_string()})),
+        }
+    }
+    let unprotected: Vec<_> =
+        survey.unprotected.iter().map(|(n, gap)| serde_json::json!({"namespace": n, "gap": gap.to_string()})).collect();
+    let mut doc = serde_json::json!({
+        "exitCode": exit.code(),
+        "actions": actions,
+        "errors": errors,
+        "namespaces": {"protected": survey.protected, "unprotected": survey.unprotected.len(), "exempt": survey.exempt},
+        "unprotected": unprotected,
+    });
+    if let Some(a) = audit {
+        doc["coverage"] = serde_json::to_value(a.coverage).expect("plain counts");
+        doc["findings"] = serde_json::to_value(&a.findings).expect("plain fields");
+    }
+    doc
 }
 
 #[cfg(test)]
@@ -99,20 +207,20 @@ mod tests {
             ],
         };
         let mut out = Vec::new();
-        assert_eq!(report(&results[..2], &clean, &mut out).unwrap(), Exit::Success);
+        assert_eq!(report(&results[..2], &clean, None, OnceOutput::Text, &mut out).unwrap(), Exit::Success);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "created      team-a\nnamespaces: 2 protected, 0 unprotected, 3 exempt; 0 error(s)\n"
         );
         let mut out = Vec::new();
-        assert_eq!(report(&results, &gaps, &mut out).unwrap(), Exit::Unprotected);
+        assert_eq!(report(&results, &gaps, None, OnceOutput::Text, &mut out).unwrap(), Exit::Unprotected);
         let out = String::from_utf8(out).unwrap();
         assert!(out.contains("conflict     team-c: conflict with \"kubectl\"\n"), "{out}");
         assert!(out.contains("unprotected  team-c: NetworkPolicy default-deny-all is missing\n"), "{out}");
         assert!(out.contains("unprotected  team-d: the enable label is missing\n"), "{out}");
         let mut with_error = results;
         with_error.push(("team-e".into(), Err(error)));
-        assert_eq!(report(&with_error, &clean, &mut Vec::new()).unwrap(), Exit::ApiError);
+        assert_eq!(report(&with_error, &clean, None, OnceOutput::Text, &mut Vec::new()).unwrap(), Exit::ApiError);
         assert_eq!([Exit::Success.code(), Exit::Unprotected.code(), Exit::ApiError.code()], [0, 1, 2]);
     }
 }

@@ -26,13 +26,25 @@ use tokio::runtime::Handle;
 use tokio::sync::{oneshot, watch};
 
 use super::RunError;
+use super::auditor::Auditor;
 use super::controller::{Context, NamespaceMeta, error_policy, reconcile};
 use super::desired::managed_selector;
 use super::state::Survey;
+use crate::audit::{self, AuditConfig, AuditedPolicy};
 use crate::metrics::Exporter;
 
-/// The gauge is surveyed at most this often: a survey walks every namespace.
+/// The gauges are surveyed at most this often: a survey walks every namespace (and the audit every policy).
 const SURVEY_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the audit waits after a change or an expiry before it looks: a new namespace gets its policy from the
+/// reconciler within milliseconds (a namespace whose exception expired, a second after the expiry), and should not
+/// be reported as uncovered meanwhile.
+const AUDIT_SETTLE: Duration = Duration::from_secs(2);
+
+/// The audit, when on: its configuration and where it publishes.
+pub struct AuditSetup {
+    pub config: AuditConfig,
+    pub auditor: Auditor,
+}
 
 /// Where the controller listens and how it stops.
 #[derive(Debug, Clone)]
@@ -48,6 +60,8 @@ struct Health {
 }
 
 /// Runs until `shutdown` resolves (SIGTERM or SIGINT in the binary).
+// Each argument is a part that the binary and the tests assemble differently (mocked client, paused clock, no audit).
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     client: kube::Client,
     ctx: Arc<Context>,
@@ -55,6 +69,7 @@ pub async fn run(
     metrics: Exporter,
     survey_metrics: super::metrics::ReconcileMetrics,
     endpoints: Endpoints,
+    audit: Option<AuditSetup>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
     let health_listener = bind(endpoints.health_addr).await?;
@@ -82,7 +97,46 @@ pub async fn run(
             }
         });
     }
-    tokio::spawn(survey_loop(ctx.clone(), namespaces.clone(), namespaces_synced, survey_metrics));
+    // Every NetworkPolicy of the cluster, for the audit: decoded into the counted spec only, without the fields
+    // that no rule reads, so that the cache stays small on clusters with many policies.
+    let (audited, audited_synced) = match &audit {
+        Some(_) => {
+            let (store, writer) = reflector::store::<AuditedPolicy>();
+            let (synced_tx, synced) = watch::channel(false);
+            let changed = ctx.clone();
+            let api: Api<AuditedPolicy> = Api::all(client.clone());
+            let events = reflector::reflector(
+                writer,
+                watcher(api, watcher::Config::default()).default_backoff().modify(|p| {
+                    p.metadata.managed_fields = None;
+                    if let Some(a) = p.metadata.annotations.as_mut() {
+                        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+                    }
+                }),
+            )
+            .for_each(move |event| {
+                match event {
+                    Ok(watcher::Event::InitDone) => {
+                        synced_tx.send_replace(true);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "policy watch (audit) failed; retrying with backoff"),
+                    _ => {}
+                }
+                changed.changed.notify_one();
+                futures::future::ready(())
+            });
+            tokio::spawn(events);
+            (Some(store), Some(synced))
+        }
+        None => (None, None),
+    };
+    tokio::spawn(survey_loop(
+        ctx.clone(),
+        namespaces.clone(),
+        namespaces_synced,
+        survey_metrics,
+        audit.map(|a| (a, audited.expect("with the audit"), audited_synced.expect("with the audit"))),
+    ));
 
     // The namespaces: every change is a trigger; the gauge is surveyed again after any of them (a deletion
     // triggers no reconcile).
@@ -184,29 +238,60 @@ pub async fn run(
     Ok(())
 }
 
-/// Keeps `default_deny_guard_namespaces` up to date: surveys both caches when woken, at most once a
-/// [`SURVEY_INTERVAL`] (wake-ups meanwhile collapse into one).
+/// Keeps the gauges, and with the audit the reports and Events, up to date: surveys the caches when woken (after
+/// [`AUDIT_SETTLE`] with the audit), at most once a [`SURVEY_INTERVAL`] (wake-ups meanwhile collapse into one), and
+/// audits again when an exception enters its expiry window or expires.
 async fn survey_loop(
     ctx: Arc<Context>,
     namespaces: Store<NamespaceMeta>,
     mut namespaces_synced: watch::Receiver<bool>,
     metrics: super::metrics::ReconcileMetrics,
+    mut audit: Option<(AuditSetup, Store<AuditedPolicy>, watch::Receiver<bool>)>,
 ) {
     if namespaces_synced.wait_for(|s| *s).await.is_err() {
         return;
     }
     ctx.policies_synced().await;
+    if let Some((_, _, synced)) = audit.as_mut()
+        && synced.wait_for(|s| *s).await.is_err()
+    {
+        return;
+    }
+    let mut next_change: Option<jiff::Timestamp> = None;
     loop {
-        ctx.changed.notified().await;
+        let until_change = next_change.map(|t| t.duration_since(ctx.now()).unsigned_abs() + Duration::from_millis(100));
+        tokio::select! {
+            _ = ctx.changed.notified() => {}
+            _ = tokio::time::sleep(until_change.unwrap_or(Duration::MAX)), if until_change.is_some() => {}
+        }
+        if audit.is_some() {
+            // After a change, and after an expiry (the reconciler looks again a second after it).
+            tokio::time::sleep(AUDIT_SETTLE).await;
+        }
         let all = namespaces.state();
+        let now = ctx.now();
         let survey = Survey::of(
             &ctx.settings,
             &ctx.template,
             all.iter().map(|ns| &ns.metadata),
             |name| ctx.policy_of(name),
-            ctx.now(),
+            now,
         );
         metrics.set_survey(&survey);
+        if let Some((setup, policies, _)) = audit.as_mut() {
+            let policies = policies.state();
+            let found = audit::audit(
+                &ctx.settings,
+                &setup.config,
+                all.iter().map(|ns| &ns.metadata),
+                policies.iter().map(|p| p.as_ref()),
+                now,
+            );
+            metrics.set_audit(&found);
+            next_change = found.next_change;
+            let published = setup.auditor.publish(&found, now).await;
+            tracing::debug!(findings = found.findings.len(), ?published, "audited");
+        }
         tokio::time::sleep(SURVEY_INTERVAL).await;
     }
 }

@@ -1,4 +1,4 @@
-//! One listing of the namespaces (metadata only) and of the managed policies, page by page, for `--once` and
+//! One listing of the namespaces (metadata only), of the managed policies and (for the audit) of every policy, page by page, for `--once` and
 //! `--backfill` (the long-running controller watches instead).
 
 use k8s_openapi::api::core::v1::Namespace;
@@ -9,6 +9,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 
 use super::desired::managed_selector;
+use crate::audit::AuditedPolicy;
 
 /// Items per page: the API server's own default for `kubectl get`.
 const PAGE: u32 = 500;
@@ -20,6 +21,21 @@ pub async fn namespaces(client: &kube::Client) -> Result<Vec<PartialObjectMeta<N
     let mut params = ListParams::default().limit(PAGE);
     loop {
         let page = api.list_metadata(&params).await?;
+        out.extend(page.items);
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// Every NetworkPolicy of the cluster, as the audit reads it.
+pub async fn all_policies(client: &kube::Client) -> Result<Vec<AuditedPolicy>, kube::Error> {
+    let api: Api<AuditedPolicy> = Api::all(client.clone());
+    let mut out = Vec::new();
+    let mut params = ListParams::default().limit(PAGE);
+    loop {
+        let page = api.list(&params).await?;
         out.extend(page.items);
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
             Some(token) => params = params.continue_token(&token),

@@ -153,9 +153,10 @@ async fn watches_sync_then_a_deleted_policy_is_recreated_in_its_namespace() {
     let (health_addr, metrics_addr) = (free_port(), free_port());
     let endpoints = Endpoints { health_addr, metrics_addr, concurrency: 2, shutdown_timeout: Duration::from_secs(5) };
     let (stop, stopped) = oneshot::channel::<()>();
-    let controller = tokio::spawn(run(client, ctx, policy_writer, metrics, reconcile_metrics, endpoints, async {
-        let _ = stopped.await;
-    }));
+    let controller =
+        tokio::spawn(run(client, ctx, policy_writer, metrics, reconcile_metrics, endpoints, None, async {
+            let _ = stopped.await;
+        }));
 
     eventually("ready", async || get(health_addr, "/readyz").await.starts_with("HTTP/1.1 200")).await;
     assert!(get(health_addr, "/healthz").await.starts_with("HTTP/1.1 200"));
