@@ -739,4 +739,38 @@ mod tests {
         assert!(reconcile(&["--dns-pod-selector", "k8s-app"]).is_err());
         assert!(reconcile(&["--concurrency", "0"]).is_err());
     }
+
+    #[test]
+    fn reconcile_audit_flags() {
+        let config = reconcile(&[]).unwrap().config().unwrap();
+        let audit = config.audit.expect("the audit is on by default");
+        assert_eq!(audit.config.expiring_within, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(audit.reports, [ReportApi::WgPolicy]);
+        assert_eq!(config.output, OnceOutput::Text);
+
+        let config = reconcile(&[
+            "--exceptions-expiring-within",
+            "36h",
+            "--reports",
+            "openreports.io,wgpolicyk8s.io,openreports.io",
+            "--output",
+            "json",
+        ])
+        .unwrap()
+        .config()
+        .unwrap();
+        let audit = config.audit.unwrap();
+        assert_eq!(audit.config.expiring_within, Duration::from_secs(36 * 3600));
+        assert_eq!(audit.reports, [ReportApi::OpenReports, ReportApi::WgPolicy]);
+        assert_eq!(config.output, OnceOutput::Json);
+        let none = reconcile(&["--reports", "none"]).unwrap().config().unwrap();
+        assert_eq!(none.audit.unwrap().reports, []);
+        assert!(reconcile(&["--audit=false"]).unwrap().config().unwrap().audit.is_none());
+
+        let err = reconcile(&["--reports", "kyverno.io"]).unwrap().config().unwrap_err();
+        assert!(err.contains("unknown report API \"kyverno.io\": expected wgpolicyk8s.io or openreports.io"), "{err}");
+        assert!(reconcile(&["--output", "yaml"]).is_err());
+        assert!(reconcile(&["--exceptions-expiring-within", "soon"]).is_err());
+        assert!(reconcile(&["--audit", "maybe"]).is_err());
+    }
 }

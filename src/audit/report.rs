@@ -340,11 +340,15 @@ fn summary_results(audit: &Audit, first_seen: &impl Fn(&str) -> Timestamp) -> Ve
             if r1.is_empty() {
                 "no default-deny NetworkPolicy in a system namespace".to_owned()
             } else {
-                format!(
-                    "{} default-deny NetworkPolicies in system namespaces: they may be cutting the cluster's own \
-                     traffic (DNS, API server) now",
-                    r1.len()
-                )
+                match r1.len() {
+                    1 => "1 default-deny NetworkPolicy in a system namespace: it may be cutting the cluster's own \
+                          traffic (DNS, API server) now"
+                        .to_owned(),
+                    n => format!(
+                        "{n} default-deny NetworkPolicies in system namespaces: they may be cutting the cluster's \
+                         own traffic (DNS, API server) now"
+                    ),
+                }
             },
             r1,
         ),

@@ -223,4 +223,69 @@ mod tests {
         assert_eq!(report(&with_error, &clean, None, OnceOutput::Text, &mut Vec::new()).unwrap(), Exit::ApiError);
         assert_eq!([Exit::Success.code(), Exit::Unprotected.code(), Exit::ApiError.code()], [0, 1, 2]);
     }
+
+    #[test]
+    fn the_audit_in_the_report_and_the_exit_status() {
+        use crate::audit::{AuditConfig, AuditedPolicy, audit};
+        use crate::reconcile::mock::namespace_meta as meta;
+        let settings = crate::rules::Settings::default();
+        let now: jiff::Timestamp = "2026-06-30T12:00:00Z".parse().unwrap();
+        let r1: AuditedPolicy = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "deny", "namespace": "kube-system"}, "spec": {"podSelector": {}}
+        }))
+        .unwrap();
+        let own: AuditedPolicy = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "own", "namespace": "team-b"}, "spec": {"podSelector": {}}
+        }))
+        .unwrap();
+        let namespaces = [meta("kube-system", &[], &[]), meta("team-b", &[], &[])];
+        let found = audit(&settings, &AuditConfig::default(), &namespaces, [&r1, &own], now);
+        // The survey says team-b lacks the label; the audit knows that the team's own policy covers it.
+        let survey = Survey {
+            protected: 0,
+            exempt: 1,
+            unprotected: vec![("team-b".into(), Gap::NotEnabled { void_exception: None })],
+        };
+
+        let mut out = Vec::new();
+        assert_eq!(report(&[], &survey, Some(&found), OnceOutput::Text, &mut out).unwrap(), Exit::Unprotected);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with(
+                "fail  critical R1        networkpolicy kube-system/deny: NetworkPolicy kube-system/deny is deny-all"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("unprotected  team-b"), "covered by its own policy: {text}");
+        assert!(text.ends_with("audit: 1 R1, 0 coverage, 0 exception(s) (0 expiring, 0 expired, 0 invalid); coverage: 1 covered, 0 uncovered, 1 exempt\n"), "{text}");
+
+        let mut out = Vec::new();
+        assert_eq!(report(&[], &survey, Some(&found), OnceOutput::Json, &mut out).unwrap(), Exit::Unprotected);
+        let doc: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(doc["exitCode"], 1);
+        assert_eq!(doc["coverage"], serde_json::json!({"covered": 1, "uncovered": 0, "exempt": 1}));
+        assert_eq!(doc["unprotected"], serde_json::json!([]));
+        let f = &doc["findings"][0];
+        assert_eq!(
+            (&f["rule"], &f["result"], &f["severity"]),
+            (&serde_json::json!("R1"), &serde_json::json!("fail"), &serde_json::json!("critical"))
+        );
+        assert_eq!(
+            f["subject"],
+            serde_json::json!({"kind": "NetworkPolicy", "namespace": "kube-system", "name": "deny"})
+        );
+
+        // Without the audit, as before: team-b is listed and the JSON has no findings.
+        let mut out = Vec::new();
+        assert_eq!(report(&[], &survey, None, OnceOutput::Json, &mut out).unwrap(), Exit::Unprotected);
+        let doc: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(doc["unprotected"][0]["namespace"], "team-b");
+        assert!(doc.get("findings").is_none());
+        // A clean audit and no gaps: exit 0.
+        let clean = audit(&settings, &AuditConfig::default(), &namespaces[1..], [&own], now);
+        assert_eq!(
+            report(&[], &Survey::default(), Some(&clean), OnceOutput::Text, &mut Vec::new()).unwrap(),
+            Exit::Success
+        );
+    }
 }
