@@ -272,3 +272,157 @@ fn written_metadata(
 fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(status) if status.code == 404)
 }
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::audit::{AuditConfig, audit};
+    use crate::reconcile::mock::{self, ApiHandle};
+
+    fn outputs(events: bool) -> AuditOutputs {
+        AuditOutputs { reports: vec![ReportApi::WgPolicy], events }
+    }
+
+    fn auditor(events: bool) -> (Auditor, ApiHandle) {
+        let (client, handle) = mock::client();
+        (Auditor::new(client, outputs(events), Reporter::from(MANAGER)), handle)
+    }
+
+    fn an_audit(uncovered: bool) -> Audit {
+        let ns = |name: &str| ObjectMeta { name: Some(name.into()), ..ObjectMeta::default() };
+        let mut namespaces = vec![ns("kube-system")];
+        if uncovered {
+            namespaces.push(ns("team-c"));
+        }
+        let now = "2026-06-30T12:00:00Z".parse().unwrap();
+        audit(&crate::rules::Settings::default(), &AuditConfig::default(), &namespaces, [], now)
+    }
+
+    /// Answers every request with `answer(method, uri, body)` and records `METHOD URI`, until the client is gone.
+    async fn api(mut handle: ApiHandle, answer: impl Fn(&str, &str, &Value) -> (u16, Value)) -> Vec<String> {
+        let mut seen = Vec::new();
+        while let Some((request, send)) = handle.next_request().await {
+            let (method, uri) = (request.method().to_string(), request.uri().to_string());
+            let bytes = request.into_body().collect().await.unwrap().to_bytes();
+            let body: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+            let (status, reply) = answer(&method, &uri, &body);
+            seen.push(format!("{method} {}", uri.split('?').next().unwrap()));
+            let response = axum::http::Response::builder()
+                .status(status)
+                .header("content-type", "application/json")
+                .body(kube::client::Body::from(serde_json::to_vec(&reply).unwrap()))
+                .unwrap();
+            send.send_response(response);
+        }
+        seen
+    }
+
+    #[tokio::test]
+    async fn without_the_crds_nothing_is_written_and_discovery_waits() {
+        let (mut auditor, handle) = auditor(false);
+        let server = tokio::spawn(api(handle, |_, _, _| {
+            (404, mock::status(404, "NotFound", "the server could not find the requested resource"))
+        }));
+        let now = "2026-06-30T12:00:00Z".parse().unwrap();
+        let first = auditor.publish(&an_audit(true), now).await;
+        let second = auditor.publish(&an_audit(true), now).await;
+        drop(auditor);
+        assert_eq!(server.await.unwrap(), ["GET /apis/wgpolicyk8s.io/v1alpha2"], "looked up once, not at every audit");
+        assert_eq!((first.reports_written, first.errors, second.errors), (0, 0, 0));
+    }
+
+    #[tokio::test]
+    async fn reports_are_written_when_they_change_and_deleted_when_their_findings_go() {
+        let (mut auditor, handle) = auditor(false);
+        let server = tokio::spawn(api(handle, |method, uri, body| match (method, uri.split('?').next().unwrap()) {
+            ("GET", "/apis/wgpolicyk8s.io/v1alpha2") => (
+                200,
+                json!({"kind": "APIResourceList", "groupVersion": "wgpolicyk8s.io/v1alpha2", "resources": [
+                    {"name": "policyreports", "namespaced": true, "kind": "PolicyReport", "verbs": ["list"]},
+                    {"name": "clusterpolicyreports", "namespaced": false, "kind": "ClusterPolicyReport", "verbs": ["list"]}]}),
+            ),
+            ("GET", "/apis/wgpolicyk8s.io/v1alpha2/policyreports") => {
+                assert!(uri.contains("labelSelector=app.kubernetes.io%2Fmanaged-by%3Ddefault-deny-guard"), "{uri}");
+                (
+                    200,
+                    json!({"kind": "PolicyReportList", "apiVersion": "wgpolicyk8s.io/v1alpha2", "metadata": {}, "items": [
+                    {"apiVersion": "wgpolicyk8s.io/v1alpha2", "kind": "PolicyReport",
+                     "metadata": {"name": "default-deny-guard", "namespace": "gone", "uid": "u1", "resourceVersion": "7"},
+                     "summary": {"fail": 1}, "results": []}]}),
+                )
+            }
+            ("GET", "/apis/wgpolicyk8s.io/v1alpha2/clusterpolicyreports") => (
+                200,
+                json!({"kind": "ClusterPolicyReportList", "apiVersion": "wgpolicyk8s.io/v1alpha2", "metadata": {}, "items": []}),
+            ),
+            ("PATCH", _) => {
+                assert!(uri.contains("fieldManager=default-deny-guard") && uri.contains("force=true"), "{uri}");
+                (200, body.clone())
+            }
+            ("DELETE", _) => (200, mock::status(200, "", "")),
+            other => panic!("unexpected {other:?}"),
+        }));
+        let now = "2026-06-30T12:00:00Z".parse().unwrap();
+        let first = auditor.publish(&an_audit(true), now).await;
+        let unchanged = auditor.publish(&an_audit(true), now).await;
+        let fixed = auditor.publish(&an_audit(false), now).await;
+        drop(auditor);
+        let seen = server.await.unwrap();
+        assert_eq!(
+            seen,
+            [
+                "GET /apis/wgpolicyk8s.io/v1alpha2",
+                "GET /apis/wgpolicyk8s.io/v1alpha2/policyreports",
+                "GET /apis/wgpolicyk8s.io/v1alpha2/clusterpolicyreports",
+                "PATCH /apis/wgpolicyk8s.io/v1alpha2/namespaces/team-c/policyreports/default-deny-guard",
+                "PATCH /apis/wgpolicyk8s.io/v1alpha2/clusterpolicyreports/default-deny-guard",
+                // Ours, from an earlier run, in a namespace without findings now.
+                "DELETE /apis/wgpolicyk8s.io/v1alpha2/namespaces/gone/policyreports/default-deny-guard",
+                // The finding is fixed: the summary changes, the namespace's report goes.
+                "PATCH /apis/wgpolicyk8s.io/v1alpha2/clusterpolicyreports/default-deny-guard",
+                "DELETE /apis/wgpolicyk8s.io/v1alpha2/namespaces/team-c/policyreports/default-deny-guard",
+            ]
+        );
+        assert_eq!((first.reports_written, first.reports_deleted, first.errors), (2, 1, 0));
+        assert_eq!(unchanged, Published::default(), "nothing changed, nothing written");
+        assert_eq!((fixed.reports_written, fixed.reports_deleted), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn one_event_per_finding() {
+        let (mut auditor, handle) = auditor(true);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let server = tokio::spawn(api(handle, move |method, uri, body| {
+            if uri.starts_with("/apis/events.k8s.io") {
+                tx.send((
+                    uri.split('?').next().unwrap().to_owned(),
+                    body["reason"].clone(),
+                    body["regarding"]["name"].clone(),
+                ))
+                .unwrap();
+                return (201, body.clone());
+            }
+            assert_eq!((method, uri), ("GET", "/apis/wgpolicyk8s.io/v1alpha2"));
+            (404, mock::status(404, "NotFound", "not found"))
+        }));
+        let now = "2026-06-30T12:00:00Z".parse().unwrap();
+        let first = auditor.publish(&an_audit(true), now).await;
+        let again = auditor.publish(&an_audit(true), now).await;
+        drop(auditor);
+        server.await.unwrap();
+        let events: Vec<_> = rx.try_iter().collect();
+        assert_eq!(
+            events,
+            [(
+                "/apis/events.k8s.io/v1/namespaces/default/events".to_owned(),
+                json!("NamespaceUncovered"),
+                json!("team-c")
+            )]
+        );
+        assert_eq!((first.events, again.events), (1, 0));
+    }
+}
