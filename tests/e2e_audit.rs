@@ -43,10 +43,13 @@ fn kubectl_json(c: &Cluster, args: &[&str]) -> Value {
     serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
-/// The PolicyReports as `namespace -> [(rule, result, kind/name)]`.
-fn policy_reports(c: &Cluster) -> Vec<(String, Vec<(String, String, String)>)> {
+/// A report's results as `(rule, result, kind/name)`.
+type Results = Vec<(String, String, String)>;
+
+/// The PolicyReports as `(namespace, results)`, by namespace.
+fn policy_reports(c: &Cluster) -> Vec<(String, Results)> {
     let list = kubectl_json(c, &["get", "policyreports.wgpolicyk8s.io", "-A", "-o", "json"]);
-    let mut out: Vec<(String, Vec<(String, String, String)>)> = list["items"]
+    let mut out: Vec<(String, Results)> = list["items"]
         .as_array()
         .unwrap()
         .iter()
