@@ -220,9 +220,10 @@ pub struct ServeArgs {
     pub max_connections: usize,
 
     /// After SIGTERM, how long to keep serving, unready, before closing the listener: the time the API server needs
-    /// to see the endpoint go and stop sending here. A request that reaches a closing HTTP/1.1 connection is lost
-    /// (the API server does not retry a POST), so this is what makes a rolling update lose nothing. A second signal
-    /// ends the wait.
+    /// to see the endpoint go and stop sending here. Meanwhile every HTTP/2 connection gets a GOAWAY and every
+    /// HTTP/1.1 answer carries `Connection: close`, so that clients move to other replicas; a request that reached a
+    /// connection closed under it would be lost (the API server does not retry a POST), so this is what makes a
+    /// rolling update lose nothing. A second signal ends the wait.
     #[arg(long, env = "DEFAULT_DENY_GUARD_SHUTDOWN_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
     pub shutdown_delay: Duration,
 
