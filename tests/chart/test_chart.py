@@ -49,6 +49,10 @@ RECONCILER_METRICS = {
     "default_deny_guard_reconcile_total",
     "default_deny_guard_reconcile_errors_total",
     "default_deny_guard_reconcile_duration_seconds_bucket",
+    # The audit of what exists (SPEC section 9).
+    "default_deny_guard_violations",
+    "default_deny_guard_exceptions_active",
+    "default_deny_guard_namespace_coverage",
 }
 CONTRACT_METRICS = WEBHOOK_METRICS | RECONCILER_METRICS | {"default_deny_guard_build_info"}
 
@@ -66,8 +70,8 @@ def b64(pem: str) -> str:
 WEBHOOK = {"NetworkPolicy", "PodDisruptionBudget", "ServiceAccount", "Secret", "ClusterRole", "ClusterRoleBinding",
            "Service", "Deployment", "ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"}
 # The reconciler (on by default) adds a Deployment, Service, ServiceAccount, ClusterRole(Binding) and NetworkPolicy of
-# its own, and the Role(Binding) for Events: new kinds are only these two.
-BASE = WEBHOOK | {"Role", "RoleBinding"}
+# its own: no new kinds (its Events are granted by its ClusterRole, in every namespace; no Role in `default`).
+BASE = WEBHOOK
 MONITORING = {"ServiceMonitor", "PrometheusRule"}
 EXPECTED_KINDS = {
     "default-values.yaml": BASE,
@@ -89,11 +93,10 @@ EXPECTED_KINDS = {
                                               "MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding"},
 }
 
-# The reconciler's objects, by mode: (kind, name) and, for the Role and RoleBinding, their namespace `default`.
+# The reconciler's objects, by mode: (kind, name).
 RECONCILER_OBJECTS = {
     ("Deployment", RECONCILER), ("Service", RECONCILER), ("ServiceAccount", RECONCILER),
-    ("ClusterRole", RECONCILER), ("ClusterRoleBinding", RECONCILER), ("Role", RECONCILER),
-    ("RoleBinding", RECONCILER), ("NetworkPolicy", RECONCILER),
+    ("ClusterRole", RECONCILER), ("ClusterRoleBinding", RECONCILER), ("NetworkPolicy", RECONCILER),
 }
 RECONCILER_CRONJOB_OBJECTS = (RECONCILER_OBJECTS - {("Deployment", RECONCILER), ("Service", RECONCILER)}
                               | {("CronJob", RECONCILER)})
@@ -116,10 +119,9 @@ def test_namespaces_names_and_labels(mode):
         where = f"{d['kind']}/{meta['name']}"
         assert len(meta["name"]) <= (52 if d["kind"] == "CronJob" else 63), where
         reconciler = meta["name"] == RECONCILER
+        assert d["kind"] not in ("Role", "RoleBinding"), f"{where}: the chart grants nothing outside its ClusterRoles"
         if d["kind"] in CLUSTER_SCOPED:
             assert "namespace" not in meta, where
-        elif d["kind"] in ("Role", "RoleBinding"):
-            assert reconciler and meta["namespace"] == "default", f"{where}: only the reconciler's Events Role"
         elif not (d["kind"] == "ConfigMap" and meta["name"].endswith("-dashboard")):
             assert meta["namespace"] == NAMESPACE, f"{where}: `helm template | kubectl apply` needs the namespace"
         labels = meta["labels"]
@@ -714,7 +716,7 @@ def test_rbac_is_least_privilege():
     r = render()
     role = r.one("ClusterRole", FULLNAME)
     assert role["rules"] == [{"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get", "list", "watch"]}]
-    assert all(d["metadata"]["name"] == RECONCILER for d in r.all("Role") + r.all("RoleBinding"))
+    assert not r.all("Role") and not r.all("RoleBinding")
     binding = r.one("ClusterRoleBinding", FULLNAME)
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                                   "name": role["metadata"]["name"]}
@@ -799,7 +801,7 @@ def test_prometheus_rule():
     used = set()
     for name, a in alerts.items():
         promql_ok(a["expr"])
-        assert a["labels"]["severity"] in ("warning", "critical"), name
+        assert a["labels"]["severity"] in ("info", "warning", "critical"), name
         assert a["annotations"]["summary"] and a["annotations"]["description"], name
         assert "{{ $labels" not in a["expr"]
         used |= metric_names(a["expr"])
@@ -872,6 +874,13 @@ NAMESPACES_RULE = {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["li
 POLICIES_RULE = {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"],
                  "verbs": ["list", "watch", "create", "patch", "update"]}
 EVENTS_RULE = {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}
+# The audit's reports (reconciler.audit.reports): its own objects only, hence the one `delete` the reconciler has.
+REPORT_VERBS = ["list", "create", "patch", "delete"]
+WGPOLICY_RULE = {"apiGroups": ["wgpolicyk8s.io"], "resources": ["policyreports", "clusterpolicyreports"],
+                 "verbs": REPORT_VERBS}
+OPENREPORTS_RULE = {"apiGroups": ["openreports.io"], "resources": ["reports", "clusterreports"],
+                    "verbs": REPORT_VERBS}
+REPORT_RULES = [WGPOLICY_RULE, OPENREPORTS_RULE]
 
 
 def reconciler_objects(r: Rendering) -> set[tuple[str, str]]:
@@ -905,27 +914,44 @@ def grants(r: Rendering) -> dict[str, list[tuple[str | None, dict]]]:
     return out
 
 
-def test_reconciler_rbac_is_exactly_the_documented_one():
-    r = render()
+@pytest.mark.parametrize("reports, report_rules", [
+    (None, [WGPOLICY_RULE]),                                  # the default: wgpolicyk8s.io
+    ([], []),                                                 # --reports none: no access to any report
+    (["openreports.io"], [OPENREPORTS_RULE]),
+    (["wgpolicyk8s.io", "openreports.io"], [WGPOLICY_RULE, OPENREPORTS_RULE]),
+    (["openreports.io", "wgpolicyk8s.io"], [WGPOLICY_RULE, OPENREPORTS_RULE]),
+])
+def test_reconciler_rbac_is_exactly_the_documented_one(reports, report_rules):
+    """The whole rule list, so that any widening fails: one ClusterRole, Events in every namespace (a NetworkPolicy's
+    Events go to its namespace), and the report kinds of the APIs asked for only."""
+    r = render(values=None if reports is None else {"reconciler": {"audit": {"reports": reports}}})
     role = r.one("ClusterRole", RECONCILER)
-    assert role["rules"] == [NAMESPACES_RULE, POLICIES_RULE]
-    events = r.one("Role", RECONCILER)
-    assert events["metadata"]["namespace"] == "default", "Events about a Namespace are written to `default`"
-    assert events["rules"] == [EVENTS_RULE]
+    assert role["rules"] == [NAMESPACES_RULE, POLICIES_RULE, EVENTS_RULE] + report_rules
+    assert not r.all("Role") and not r.all("RoleBinding"), "no Role in `default` any more: the ClusterRole has Events"
     sa = r.one("ServiceAccount", RECONCILER)["metadata"]["name"]
     assert r.reconciler_pod["serviceAccountName"] == sa
-    for kind, role_kind, ns in (("ClusterRoleBinding", "ClusterRole", None), ("RoleBinding", "Role", "default")):
-        b = r.one(kind, RECONCILER)
-        assert b["metadata"].get("namespace") == ns
-        assert b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": RECONCILER}
-        assert b["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}]
-    assert sorted(grants(r)[sa], key=str) == sorted([(None, NAMESPACES_RULE), (None, POLICIES_RULE),
-                                                     ("default", EVENTS_RULE)], key=str)
+    b = r.one("ClusterRoleBinding", RECONCILER)
+    assert "namespace" not in b["metadata"]
+    assert b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": RECONCILER}
+    assert b["subjects"] == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}]
+    assert sorted(grants(r)[sa], key=str) == sorted(
+        [(None, rule) for rule in [NAMESPACES_RULE, POLICIES_RULE, EVENTS_RULE] + report_rules], key=str)
+
+
+@pytest.mark.parametrize("mode, report_rules", [
+    ("reconciler-values.yaml", REPORT_RULES),      # both APIs
+    ("reconciler-cronjob-values.yaml", []),        # reports: []
+])
+def test_reconciler_rbac_follows_the_report_apis_in_both_modes(mode, report_rules):
+    role = render(mode).one("ClusterRole", RECONCILER)
+    assert role["rules"] == [dict(NAMESPACES_RULE, verbs=["list", "watch", "patch"]), POLICIES_RULE,
+                             EVENTS_RULE] + report_rules
 
 
 def test_reconciler_rbac_patches_namespaces_only_for_the_backfill():
     role = render(values={"reconciler": {"backfill": True}}).one("ClusterRole", RECONCILER)
-    assert role["rules"] == [dict(NAMESPACES_RULE, verbs=["list", "watch", "patch"]), POLICIES_RULE]
+    assert role["rules"] == [dict(NAMESPACES_RULE, verbs=["list", "watch", "patch"]), POLICIES_RULE, EVENTS_RULE,
+                             WGPOLICY_RULE]
     assert render("reconciler-cronjob-values.yaml").one("ClusterRole", RECONCILER)["rules"][0]["verbs"] == [
         "list", "watch", "patch"]
 
@@ -933,7 +959,7 @@ def test_reconciler_rbac_patches_namespaces_only_for_the_backfill():
 @pytest.mark.parametrize("mode", IN_CLUSTER_MODES)
 def test_only_the_reconciler_may_write(mode):
     """Least privilege: the webhook's ServiceAccount reads namespaces and nothing else; only the reconciler's writes
-    NetworkPolicies; nobody gets `get`, `delete` or a wildcard."""
+    NetworkPolicies; nobody gets `get` or a wildcard, and `delete` only the reconciler on its own report kinds."""
     r = render(mode)
     by_sa = grants(r)
     webhook_sa = r.pod["serviceAccountName"]
@@ -943,7 +969,10 @@ def test_only_the_reconciler_may_write(mode):
         for ns, rule in rules:
             assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], (sa, rule)
             if sa != webhook_sa:
-                assert not {"get", "delete", "deletecollection"} & set(rule["verbs"]), (sa, rule)
+                assert ns is None, (sa, rule)
+                assert not {"get", "deletecollection"} & set(rule["verbs"]), (sa, rule)
+                if "delete" in rule["verbs"]:
+                    assert rule in REPORT_RULES, (sa, rule)
     if mode != "reconciler-off-values.yaml":
         reconciler_sa = r.reconciler_pod["serviceAccountName"]
         assert reconciler_sa != webhook_sa
@@ -967,7 +996,7 @@ def test_reconciler_service_account():
         "example.com/purpose": "writes NetworkPolicies"}
     r = render("reconciler-cronjob-values.yaml")
     assert r.reconciler_pod["serviceAccountName"] == "ddg-reconciler"
-    assert [b["subjects"][0]["name"] for b in r.all("RoleBinding")] == ["ddg-reconciler"]
+    assert r.one("ClusterRoleBinding", RECONCILER)["subjects"][0]["name"] == "ddg-reconciler"
     assert ("ServiceAccount", "ddg-reconciler") not in {(d["kind"], d["metadata"]["name"]) for d in r.docs}
 
 
@@ -1011,6 +1040,8 @@ def test_reconciler_default_flags():
         "dns-namespace-selector": "kubernetes.io/metadata.name=kube-system",
         "dns-pod-selector": "k8s-app=kube-dns",
         "dns-ports": "53",
+        "exceptions-expiring-within": "7d",
+        "reports": "wgpolicyk8s.io",
         "health-addr": "0.0.0.0:8081",
         "metrics-addr": "0.0.0.0:9091",
         "resync-interval": "10m",
@@ -1035,6 +1066,7 @@ def test_reconciler_flags_follow_values():
     assert flags["shutdown-timeout"] == "20s" and r.reconciler_pod["terminationGracePeriodSeconds"] == 25
     assert flags["enable-label"] == "netpol.example.com/default-deny=on"
     assert flags["system-namespace-label"] == "platform.example.com/system=true"
+    assert (flags["exceptions-expiring-within"], flags["reports"]) == ("14d", "wgpolicyk8s.io,openreports.io")
     assert "once" not in flags and "dry-run" not in flags
     assert {"name": "RUST_BACKTRACE", "value": "1"} in r.reconciler_container["env"]
     assert r.reconciler_workload()["spec"]["replicas"] == 2
@@ -1053,6 +1085,25 @@ def test_reconciler_flags_follow_values():
     assert r.reconciler_flags()["dns-ports"] == "53,5353"
     assert r.reconciler_pod.get("imagePullSecrets") == [{"name": "regcred"}]
     assert r.reconciler_container["image"].endswith("@sha256:" + "0" * 64)
+
+
+@pytest.mark.parametrize("mode", ["controller", "cronjob"])
+@pytest.mark.parametrize("audit, expected", [
+    ({}, ("7d", "wgpolicyk8s.io")),
+    ({"reports": []}, ("7d", "none")),                               # empty list: `--reports none`, not `--reports=`
+    ({"reports": ["openreports.io"], "exceptionsExpiringWithin": "36h"}, ("36h", "openreports.io")),
+    ({"reports": ["wgpolicyk8s.io", "openreports.io"], "exceptionsExpiringWithin": "2w"},
+     ("2w", "wgpolicyk8s.io,openreports.io")),
+])
+def test_audit_flags_reach_both_workloads(mode, audit, expected):
+    """Both the Deployment and the CronJob run `reconcile`, and both audit: the same two flags, once each."""
+    r = render(values={"reconciler": {"mode": mode, "audit": audit}})
+    assert r.reconciler_workload()["kind"] == ("Deployment" if mode == "controller" else "CronJob")
+    flags = r.reconciler_flags()
+    assert (flags["exceptions-expiring-within"], flags["reports"]) == expected
+    args = r.reconciler_container["args"]
+    assert [a for a in args if a.startswith(("--reports", "--exceptions-expiring-within"))] == [
+        f"--exceptions-expiring-within={expected[0]}", f"--reports={expected[1]}"]
 
 
 @pytest.mark.parametrize("mode", CONTROLLER_MODES)
@@ -1114,6 +1165,7 @@ def test_reconciler_cronjob_mode():
     assert r.reconciler_pod["restartPolicy"] == "Never"
     flags = r.reconciler_flags()
     assert flags["once"] is True and flags["backfill"] is True
+    assert flags["reports"] == "none" and flags["exceptions-expiring-within"] == "7d"
     assert not {"health-addr", "metrics-addr", "resync-interval", "shutdown-timeout"} & set(flags)
     c = r.reconciler_container
     assert not {"ports", "livenessProbe", "readinessProbe", "startupProbe"} & set(c), "one pass serves nothing"
@@ -1237,6 +1289,66 @@ def test_cronjob_mode_alerts_on_the_last_pass():
     assert a["for"] == "10m", "longer than a pass may run (activeDeadlineSeconds 300) plus 5 minutes"
 
 
+AUDIT_ALERTS = ("DefaultDenyGuardDefaultDenyInSystemNamespace", "DefaultDenyGuardNamespacesUncovered",
+                "DefaultDenyGuardExceptionsExpiringSoon")
+
+
+def audit_expr(metric: str, matcher: str) -> str:
+    # Every replica reports the whole cluster: max, not sum (as DefaultDenyGuardUnprotectedNamespaces).
+    return f'max by (namespace) ({metric}{{{matcher}, namespace="{NAMESPACE}", job="{RECONCILER}"}}) > 0'
+
+
+def test_audit_alerts_in_controller_mode():
+    r = render("reconciler-values.yaml", values={"metrics": {"prometheusRule": {"unprotectedFor": "45m"}}})
+    (group,) = r.one("PrometheusRule")["spec"]["groups"]
+    alerts = {a["alert"]: a for a in group["rules"] if "alert" in a}
+    r1, uncovered, expiring = (alerts[n] for n in AUDIT_ALERTS)
+    assert (r1["expr"], r1["for"], r1["labels"]) == (
+        audit_expr("default_deny_guard_violations", 'rule="R1"'), "1m", {"severity": "critical"})
+    assert (uncovered["expr"], uncovered["for"], uncovered["labels"]) == (
+        audit_expr("default_deny_guard_violations", 'rule="coverage"'), "45m", {"severity": "warning"})
+    assert uncovered["for"] == alerts["DefaultDenyGuardUnprotectedNamespaces"]["for"], "one setting for both"
+    assert (expiring["expr"], expiring["for"], expiring["labels"]) == (
+        audit_expr("default_deny_guard_exceptions_active", 'state="expiring"'), "15m", {"severity": "info"})
+    for a in (r1, uncovered, expiring):
+        promql_ok(a["expr"])
+        assert a["annotations"]["summary"] and a["annotations"]["description"]
+    d = r1["annotations"]["description"]
+    assert "DNS" in d and "right now" in d
+    assert "`kubectl get policyreport -A`" in d
+    assert "`kubectl get clusterpolicyreport default-deny-guard -o yaml`" in d
+    assert "`kubectl get reports.openreports.io -A`" in d, "both APIs are written in this mode"
+    assert "`kubectl -n NS delete networkpolicy NAME`" in d and "always allowed" in d
+    assert "openshift-*" in d and "platform.example.com/system=true" in d, "which namespaces are system ones"
+    d = expiring["annotations"]["description"]
+    assert "within 14d (reconciler.audit.exceptionsExpiringWithin)" in d
+    assert "14d" in expiring["annotations"]["summary"]
+    assert "netpol.example.com/exception-until" in d
+    assert "45m" in uncovered["annotations"]["description"]
+    # The existing reconciler alerts stay.
+    assert {"DefaultDenyGuardUnprotectedNamespaces", "DefaultDenyGuardReconcilerDown",
+            "DefaultDenyGuardReconcileErrors"} <= set(alerts)
+
+
+@pytest.mark.parametrize("reports, finds, not_found", [
+    (["openreports.io"], "`kubectl get reports.openreports.io -A`", "policyreport"),
+    ([], "`kubectl get events -A --field-selector reason=DefaultDenyInSystemNamespace`", "report"),
+])
+def test_audit_alerts_say_where_the_findings_are(reports, finds, not_found):
+    r = render("monitoring-values.yaml", values={"reconciler": {"audit": {"reports": reports}}})
+    alerts = {a["alert"]: a for a in r.one("PrometheusRule")["spec"]["groups"][0]["rules"] if "alert" in a}
+    d = alerts["DefaultDenyGuardDefaultDenyInSystemNamespace"]["annotations"]["description"]
+    assert finds in d
+    assert not_found not in d.replace(finds, "")
+
+
+@pytest.mark.parametrize("mode", ["reconciler-cronjob-values.yaml", "reconciler-off-values.yaml"])
+def test_audit_alerts_need_the_controller(mode):
+    """A one-shot pass exports no metrics (its Job's status is the signal), and without the reconciler nothing does."""
+    alerts = {a.get("alert") for a in render(mode).one("PrometheusRule")["spec"]["groups"][0]["rules"]}
+    assert not set(AUDIT_ALERTS) & alerts
+
+
 def test_dashboard_reads_the_reconciler():
     r = render("reconciler-values.yaml")
     dash = json.loads(r.one("ConfigMap")["data"]["default-deny-guard.json"])
@@ -1254,6 +1366,38 @@ def test_dashboard_reads_the_reconciler():
     for title, es in exprs.items():
         used = set().union(*(metric_names(e) for e in es))
         assert not (used & WEBHOOK_METRICS and used & RECONCILER_METRICS), title
+
+
+def test_dashboard_shows_the_audit():
+    raw = (CHART / "dashboards" / "default-deny-guard.json").read_text()
+    dash = json.loads(raw)
+    assert json.loads(render("reconciler-values.yaml").one("ConfigMap")["data"]["default-deny-guard.json"]) == dash
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+    panels = {p["title"]: p for p in dash["panels"]}
+    assert panels["Audit"]["type"] == "row"
+    exprs = {t: [x["expr"] for x in p.get("targets", [])] for t, p in panels.items()}
+    sel = 'namespace=~"$namespace"'
+    assert exprs["Violations by rule"] == [f"max by (rule) (default_deny_guard_violations{{{sel}}})"]
+    assert exprs["Coverage ratio"] == [
+        f'sum(default_deny_guard_namespace_coverage{{{sel}, state="covered"}})'
+        f' / sum(default_deny_guard_namespace_coverage{{{sel}, state=~"covered|uncovered"}})']
+    assert panels["Coverage ratio"]["fieldConfig"]["defaults"]["unit"] == "percentunit"
+    assert exprs["Exceptions by state"] == [f"max by (state) (default_deny_guard_exceptions_active{{{sel}}})"]
+    for title in ("Violations by rule", "Coverage ratio", "Exceptions by state"):
+        p = panels[title]
+        assert p["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, title
+        assert all(t["datasource"] == p["datasource"] and t["refId"] for t in p["targets"]), title
+        promql_ok(exprs[title][0].replace("$namespace", ".*"))
+        # Below the Audit row, side by side, inside Grafana's 24 columns.
+        g = p["gridPos"]
+        assert g["y"] > panels["Audit"]["gridPos"]["y"] and g["x"] + g["w"] <= 24, title
+    # No two panels overlap.
+    boxes = [p["gridPos"] for p in dash["panels"]]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert (a["x"] + a["w"] <= b["x"] or b["x"] + b["w"] <= a["x"] or a["y"] + a["h"] <= b["y"]
+                    or b["y"] + b["h"] <= a["y"]), (a, b)
 
 
 def test_notes_show_coverage():
@@ -1275,6 +1419,24 @@ def test_notes_show_coverage():
     assert "kubectl get networkpolicy -A -l app.kubernetes.io/managed-by=default-deny-guard" in notes
     warn = render_notes(values={"reconciler": {"policyTypes": "Egress"}, "networkPolicy": {"enabled": False}})
     assert "cuts this chart's pods off from the" in warn
+
+
+def test_notes_show_where_the_findings_are():
+    notes = render_notes()
+    assert "kubectl get policyreport -A" in notes
+    assert "kubectl get clusterpolicyreport default-deny-guard" in notes
+    assert "openreports.io" not in notes
+    assert "crds --api wgpolicyk8s.io | kubectl apply -f -" in notes
+    notes = render_notes("reconciler-values.yaml")
+    assert "kubectl get policyreport -A" in notes and "kubectl get reports.openreports.io -A" in notes
+    assert "crds --api wgpolicyk8s.io,openreports.io" in notes
+    assert "expiring within 14d" in " ".join(notes.split()), "the window of the values"
+    notes = render_notes("reconciler-cronjob-values.yaml")
+    assert "policyreport" not in notes and "reconciler.audit.reports is empty" in notes
+    assert "each pass's log lists them" in notes
+    notes = render_notes(values={"reconciler": {"audit": {"reports": []}}})
+    assert "policyreport" not in notes and "the reconciler's Events" in notes
+    assert "Audit findings" not in render_notes("reconciler-off-values.yaml")
 
 
 # === NOTES.txt ===
@@ -1319,6 +1481,13 @@ def test_notes_follow_warn_mode_and_url_mode():
     ({"reconciler": {"dns": {"podSelector": "k8s-app"}}}, "podSelector"),         # key=value,...
     ({"reconciler": {"dns": {"ports": [0]}}}, "ports"),                           # 1-65535
     ({"reconciler": {"resyncInterval": "10 minutes"}}, "resyncInterval"),         # a duration
+    ({"reconciler": {"audit": {"reports": ["policyreports"]}}}, "reports"),        # an API group, not a kind
+    ({"reconciler": {"audit": {"reports": ["none"]}}}, "reports"),                 # none is `[]`
+    ({"reconciler": {"audit": {"reports": ["openreports.io", "openreports.io"]}}}, "reports"),
+    ({"reconciler": {"audit": {"reports": "wgpolicyk8s.io"}}}, "reports"),         # a list
+    ({"reconciler": {"audit": {"exceptionsExpiringWithin": "7 days"}}}, "exceptionsExpiringWithin"),
+    ({"reconciler": {"audit": {"exceptionsExpiringWithin": "7"}}}, "exceptionsExpiringWithin"),  # a unit
+    ({"reconciler": {"audit": {"exceptionsExpiringIn": "7d"}}}, "exceptionsExpiringIn"),  # typo under audit
 ])
 def test_schema_rejects(values, complaint):
     assert complaint in render_error(values=values)

@@ -23,6 +23,8 @@ contexts as the webhook (`podSecurityContext`, `securityContext`); a ServiceAcco
 - {{ printf "--dns-namespace-selector=%s" $r.dns.namespaceSelector | quote }}
 - {{ printf "--dns-pod-selector=%s" $r.dns.podSelector | quote }}
 - --dns-ports={{ join "," $r.dns.ports }}
+- --exceptions-expiring-within={{ $r.audit.exceptionsExpiringWithin }}
+- --reports={{ $r.audit.reports | default (list "none") | join "," }}
 {{- if $controller }}
 - --health-addr={{ .Values.webhook.bindAddress }}:{{ $r.healthPort }}
 - --metrics-addr={{ .Values.webhook.bindAddress }}:{{ $r.metricsPort }}
@@ -71,8 +73,8 @@ spec:
   {{- if $controller }}
   terminationGracePeriodSeconds: {{ $r.terminationGracePeriodSeconds }}
   {{- else }}
-  # One pass, then exit: the Job's status is the result (0 all protected or exempt, 1 some unprotected, 2 API
-  # errors).
+  # One pass, then exit: the Job's status is the result (0 all protected or exempt and no audit finding, 1 some
+  # unprotected or a finding, 2 API errors).
   restartPolicy: Never
   {{- end }}
   containers:
