@@ -1088,6 +1088,22 @@ def test_reconciler_flags_follow_values():
 
 
 @pytest.mark.parametrize("mode", ["controller", "cronjob"])
+def test_the_audit_can_be_left_to_another_tool(mode):
+    """`reconciler.audit.enabled: false`: `--audit=false` and none of the audit's flags, no report access, no alerts."""
+    off = {"enabled": False, "reports": ["wgpolicyk8s.io", "openreports.io"]}
+    r = render(values={"reconciler": {"mode": mode, "audit": off},
+                       "metrics": {"prometheusRule": {"enabled": True}}})
+    args = r.reconciler_container["args"]
+    assert "--audit=false" in args
+    assert not [a for a in args if a.startswith(("--reports", "--exceptions-expiring-within"))]
+    assert r.one("ClusterRole", RECONCILER)["rules"] == [NAMESPACES_RULE, POLICIES_RULE, EVENTS_RULE]
+    alerts = {a.get("alert") for a in r.one("PrometheusRule")["spec"]["groups"][0]["rules"]}
+    assert not set(AUDIT_ALERTS) & alerts
+    on = render(values={"reconciler": {"mode": mode}})
+    assert "--audit=false" not in on.reconciler_container["args"]
+
+
+@pytest.mark.parametrize("mode", ["controller", "cronjob"])
 @pytest.mark.parametrize("audit, expected", [
     ({}, ("7d", "wgpolicyk8s.io")),
     ({"reports": []}, ("7d", "none")),                               # empty list: `--reports none`, not `--reports=`

@@ -23,8 +23,12 @@ contexts as the webhook (`podSecurityContext`, `securityContext`); a ServiceAcco
 - {{ printf "--dns-namespace-selector=%s" $r.dns.namespaceSelector | quote }}
 - {{ printf "--dns-pod-selector=%s" $r.dns.podSelector | quote }}
 - --dns-ports={{ join "," $r.dns.ports }}
+{{- if $r.audit.enabled }}
 - --exceptions-expiring-within={{ $r.audit.exceptionsExpiringWithin }}
 - --reports={{ $r.audit.reports | default (list "none") | join "," }}
+{{- else }}
+- --audit=false
+{{- end }}
 {{- if $controller }}
 - --health-addr={{ .Values.webhook.bindAddress }}:{{ $r.healthPort }}
 - --metrics-addr={{ .Values.webhook.bindAddress }}:{{ $r.metricsPort }}
