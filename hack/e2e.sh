@@ -110,13 +110,13 @@ finish() {
   fi
   if [ "$rc" = 0 ]; then result=PASSED; fi
   local facts
-  for facts in "$WORK"/suite/facts.txt "$WORK"/suite-own-identity/facts.txt "$WORK"/suite-policies/facts.txt; do
+  for facts in "$WORK"/suite/facts.txt "$WORK"/suite-own-identity/facts.txt "$WORK"/suite-policies/facts.txt "$WORK"/suite-audit/facts.txt; do
     [ -s "$facts" ] || continue
     log "what the API server did ($(basename "$(dirname "$facts")")):"
     sed 's/^/    /' "$facts" >&2
   done
   local durations="" s
-  for s in provision tools build up suite up-own-identity suite-own-identity up-policies suite-policies down; do
+  for s in provision tools build up suite up-own-identity suite-own-identity up-policies suite-policies up-audit suite-audit down; do
     [ -n "${took[$s]:-}" ] && durations+=" $s ${took[$s]}s,"
   done
   printf '[e2e] %s%s in %ss:%s\n' "$result" "${detail:+ ($detail)}" "$((SECONDS - start))" "${durations%,}"
