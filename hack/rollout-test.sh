@@ -328,11 +328,14 @@ run_cluster() {
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata:
-  name: allow-frontend
+  name: default-deny-allow-frontend
   namespace: rollout-$w
+  # A default-deny policy (every pod selected), so that the chart's matchConditions send each of its writes to the
+  # webhook; the exception lets its deletion through (R2).
+  annotations:
+    default-deny-guard.io/exception: "rollout test: created and deleted in a loop"
 spec:
-  podSelector:
-    matchLabels: {app: web}
+  podSelector: {}
   policyTypes: [Ingress]
   ingress:
     - from:
