@@ -47,12 +47,10 @@ mkdir -p "$WORK/broken"
 cp "$WORK/v3/tls.crt" "$WORK/broken/tls.crt" && cp "$WORK/v1/tls.key" "$WORK/broken/tls.key"
 TLS=$WORK/tls
 mkdir -p "$TLS"
-# publish VERSION: the Secret volume's atomic update: new files in a directory of their own, `..data` swapped.
-publish() {
-  mkdir -p "$TLS/..$1" && cp "$WORK/$1/tls.crt" "$WORK/$1/tls.key" "$TLS/..$1/"
-  ln -sfn "..$1" "$TLS/..data_tmp" && mv -T "$TLS/..data_tmp" "$TLS/..data"
-  for f in tls.crt tls.key; do [ -e "$TLS/$f" ] || ln -s "..data/$f" "$TLS/$f"; done
-}
+# publish VERSION: the Secret volume's atomic update (hack/lib/secret-volume.sh).
+# shellcheck source=hack/lib/secret-volume.sh
+source hack/lib/secret-volume.sh  # the working directory is the repository's (above)
+publish() { publish_tls "$TLS" "$WORK/$1" "$1"; }
 publish v1
 
 "$BIN" serve --addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 --log-format json --namespace-cache off \

@@ -98,12 +98,10 @@ done
 cat "$WORK"/v*/ca.crt >"$WORK/ca-bundle.crt"
 TLS=$WORK/tls
 mkdir -p "$TLS"
-# publish VERSION: the Secret volume's atomic update: new files in a directory of their own, `..data` swapped.
-publish() {
-  mkdir -p "$TLS/..$1" && cp "$WORK/$1/tls.crt" "$WORK/$1/tls.key" "$TLS/..$1/"
-  ln -sfn "..$1" "$TLS/..data_tmp" && mv -T "$TLS/..data_tmp" "$TLS/..data"
-  for f in tls.crt tls.key; do [ -e "$TLS/$f" ] || ln -s "..data/$f" "$TLS/$f"; done
-}
+# publish VERSION: the Secret volume's atomic update (hack/lib/secret-volume.sh).
+# shellcheck source=hack/lib/secret-volume.sh
+source hack/lib/secret-volume.sh  # the working directory is the repository's (above)
+publish() { publish_tls "$TLS" "$WORK/$1" "$1"; }
 # serves_version VERSION PORT: the certificate a handshake with the replica on PORT gets is VERSION's.
 serves_version() {
   curl -fsS --max-time 2 --cacert "$WORK/$1/ca.crt" "https://127.0.0.1:$2/healthz" >/dev/null 2>&1
