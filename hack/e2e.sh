@@ -184,40 +184,34 @@ if [ -z "$FILTER" ] || [[ "$FILTER" == *teardown* ]]; then
 fi
 [ "$rc" = 0 ] || exit "$rc"
 
+# fresh_suite NAME TEST LIMIT: tests/TEST.rs on a control plane of its own (state in $WORK/kube-local-NAME, the
+# suite's work directory $WORK/suite-NAME), as the steps up-NAME and suite-NAME (at most LIMIT s); its tally joins the
+# summary line as "NAME: ...".
+fresh_suite() {
+  local name=$1 test=$2 limit=$3 log=$WORK/suite-$1.out
+  timeout --kill-after=10 120 hack/kube-local/down.sh >/dev/null || true
+  export KUBE_LOCAL_RUN=$WORK/kube-local-$name DDG_E2E_WORK=$WORK/suite-$name
+  unset DDG_E2E_KCM_IDENTITY
+  mkdir -p "$DDG_E2E_WORK"
+  run_step "up-$name" 300 hack/kube-local/up.sh >"$WORK/kubeconfig-path"
+  DDG_E2E_KUBECONFIG=$(tail -n 1 "$WORK/kubeconfig-path")
+  export DDG_E2E_AUDIT_LOG=$KUBE_LOCAL_RUN/audit.log
+  # shellcheck disable=SC2016 # expanded by the inner shell
+  run_step "suite-$name" "$limit" bash -c 'set -o pipefail
+    cargo test --release --locked --test "$1" -- --ignored --test-threads=1 2>&1 | tee "$2"' _ "$test" "$log" \
+    || rc=$?
+  detail+=", $name: $(grep -Eo '[0-9]+ passed; [0-9]+ failed' "$log" | tail -n 1 || true)"
+}
+
 # The in-API-server policies against the webhook (tests/e2e_policies.rs), on a fresh control plane: the suite above
 # leaves its webhook configurations registered at a webhook that is gone.
 if [ -z "$FILTER" ] || [[ "$FILTER" == *polic* || "$FILTER" == *match* ]]; then
-  timeout --kill-after=10 120 hack/kube-local/down.sh >/dev/null || true
-  export KUBE_LOCAL_RUN=$WORK/kube-local-policies DDG_E2E_WORK=$WORK/suite-policies
-  unset DDG_E2E_KCM_IDENTITY
-  mkdir -p "$DDG_E2E_WORK"
-  run_step up-policies 300 hack/kube-local/up.sh >"$WORK/kubeconfig-path"
-  DDG_E2E_KUBECONFIG=$(tail -n 1 "$WORK/kubeconfig-path")
-  export DDG_E2E_AUDIT_LOG=$KUBE_LOCAL_RUN/audit.log
-  policies_log=$WORK/suite-policies.out
-  # shellcheck disable=SC2016 # expanded by the inner shell
-  run_step suite-policies 900 bash -c 'set -o pipefail
-    cargo test --release --locked --test e2e_policies -- --ignored --test-threads=1 2>&1 | tee "$1"' _ "$policies_log" \
-    || rc=$?
-  detail+=", policies: $(grep -Eo '[0-9]+ passed; [0-9]+ failed' "$policies_log" | tail -n 1 || true)"
+  fresh_suite policies e2e_policies 900
 fi
-
 # The audit (tests/e2e_audit.rs), on a fresh control plane: it prepares the cluster before the product is there, and
 # its findings are of the whole cluster.
 if [ -z "$FILTER" ] || [[ "$FILTER" == *audit* ]]; then
-  timeout --kill-after=10 120 hack/kube-local/down.sh >/dev/null || true
-  export KUBE_LOCAL_RUN=$WORK/kube-local-audit DDG_E2E_WORK=$WORK/suite-audit
-  unset DDG_E2E_KCM_IDENTITY
-  mkdir -p "$DDG_E2E_WORK"
-  run_step up-audit 300 hack/kube-local/up.sh >"$WORK/kubeconfig-path"
-  DDG_E2E_KUBECONFIG=$(tail -n 1 "$WORK/kubeconfig-path")
-  export DDG_E2E_AUDIT_LOG=$KUBE_LOCAL_RUN/audit.log
-  audit_log=$WORK/suite-audit.out
-  # shellcheck disable=SC2016 # expanded by the inner shell
-  run_step suite-audit 600 bash -c 'set -o pipefail
-    cargo test --release --locked --test e2e_audit -- --ignored --test-threads=1 2>&1 | tee "$1"' _ "$audit_log" \
-    || rc=$?
-  detail+=", audit: $(grep -Eo '[0-9]+ passed; [0-9]+ failed' "$audit_log" | tail -n 1 || true)"
+  fresh_suite audit e2e_audit 600
 fi
 exit "$rc"
 }
