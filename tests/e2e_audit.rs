@@ -289,17 +289,49 @@ fn the_audit_reports_what_was_there_before_the_product() {
     );
 }
 
-/// Without the report CRDs nothing fails: the log says once that reports are off, and `--once` still reports.
+/// `openreports.io`, the option: without its CRDs nothing fails (the log says once that its reports are off), and
+/// once they are installed, `--once` writes its Report and ClusterReport with the same content. Runs after the main
+/// scenario (which leaves the cluster clean).
 #[test]
 #[ignore = "needs a control plane: ./hack/e2e.sh"]
-fn without_the_report_crds_the_audit_still_runs() {
+fn the_openreports_api_is_off_without_its_crds_and_written_with_them() {
     let c = Cluster::from_env(env!("CARGO_BIN_EXE_default-deny-guard"));
-    c.note("without_the_report_crds_the_audit_still_runs");
+    c.note("the_openreports_api_is_off_without_its_crds_and_written_with_them");
     let once =
-        c.run(&["reconcile", "--once", SYSTEM, "--reports", "openreports.io", "--log-format", "json"], ONCE_LIMIT);
-    assert!(matches!(once.code, Some(0 | 1)), "{once}");
-    let off: Vec<&str> = once.stderr.lines().filter(|l| l.contains("reports off")).collect();
-    assert_eq!(off.len(), 1, "said once:\n{once}");
+        || c.run(&["reconcile", "--once", SYSTEM, "--reports", "openreports.io", "--log-format", "json"], ONCE_LIMIT);
+    let out = once();
+    out.code(0).stdout_has("audit: 0 R1, 0 coverage, 0 exception(s)");
+    let off: Vec<&str> = out.stderr.lines().filter(|l| l.contains("reports off")).collect();
+    assert_eq!(off.len(), 1, "said once:\n{out}");
     assert!(off[0].contains("openreports.io/v1alpha1"), "{}", off[0]);
-    once.stdout_has("audit: ");
+
+    let crds = c.run(&["crds", "--api", "openreports.io"], ONCE_LIMIT);
+    crds.ok();
+    c.kubectl_in(&["apply", "-f", "-"], Some(&crds.stdout)).ok();
+    c.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/reports.openreports.io",
+        "crd/clusterreports.openreports.io",
+    ])
+    .ok();
+    c.kubectl_in(&["apply", "-n", "kube-system", "-f", "-"], Some(DENY_ALL)).ok();
+    let out = once();
+    out.code(1).stdout_has("fail  critical R1        networkpolicy kube-system/default-deny-all: ");
+    assert!(!out.stderr.contains("reports off"), "{out}");
+    let report =
+        kubectl_json(&c, &["get", "reports.openreports.io", "default-deny-guard", "-n", "kube-system", "-o", "json"]);
+    assert_eq!(report["apiVersion"], "openreports.io/v1alpha1");
+    assert_eq!(
+        (&report["results"][0]["rule"], &report["results"][0]["result"]),
+        (&Value::from("R1"), &Value::from("fail"))
+    );
+    assert_eq!(report["results"][0]["resources"][0]["name"], "default-deny-all");
+    let cluster = kubectl_json(&c, &["get", "clusterreports.openreports.io", "default-deny-guard", "-o", "json"]);
+    assert_eq!(cluster["summary"]["fail"], 1, "{cluster:#}");
+
+    c.kubectl(&["delete", "networkpolicy", "default-deny-all", "-n", "kube-system"]).ok();
+    once().code(0);
+    let gone = c.kubectl(&["get", "reports.openreports.io", "-A", "-o", "name"]);
+    assert_eq!(gone.ok().stdout.trim(), "", "the report went with its finding");
 }
