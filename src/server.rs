@@ -28,6 +28,16 @@ use crate::rules::Settings;
 use crate::signal::shutdown_signal;
 use crate::tls::{self, CertificateStore, TlsFiles};
 
+/// The process's allocator. A review allocates a few dozen small blocks (the decoded fields, the decision, the
+/// answer) and frees them at once; glibc's per-thread cache holds 7 blocks of a size, so most of them went through
+/// its locked slow path, and the next large block (the TLS record of the next body) through a consolidation of
+/// them (callgrind, `hack/callgrind-servers.sh`). Declared here, in the library, so that the load test's floor
+/// servers (`examples/floor.rs`) run on it too and stay the very same stack. Not under cargo-fuzz, whose
+/// sanitizers watch the system allocator.
+#[cfg(not(fuzzing))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// What `serve` is asked to do: the command line's flags, as plain values.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {

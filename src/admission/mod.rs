@@ -184,7 +184,8 @@ pub fn review(
 ) -> Result<Reviewed, ReviewError> {
     // One pass, objects included (see `AnyObject`). UTF-8 is checked once for the whole body, so that the parser
     // does not check each string again. Anything that does not read goes the two-pass way below.
-    if let Ok(text) = std::str::from_utf8(body)
+    // simdutf8's `basic` check accepts and refuses exactly what `std::str::from_utf8` does, 16-32 bytes at a time.
+    if let Ok(text) = simdutf8::basic::from_utf8(body)
         && let Ok(review) = serde_json::from_str::<ReviewIn<'_, AnyObject<'_>>>(text)
     {
         return answer(settings, facts, webhook, review, now);
