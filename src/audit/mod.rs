@@ -497,10 +497,8 @@ fn exception_finding(
                 )
             }
         }
-        Exception::Void(why) => {
+        Exception::Void { why, expired } => {
             let reason = annotations.get(&keys.reason).cloned().unwrap_or_default();
-            let expired = !reason.trim().is_empty()
-                && raw_expires.as_deref().and_then(rules::exception::parse_expiry).is_some_and(|t| t <= now);
             if expired {
                 let resumed = match subject.kind {
                     SubjectKind::Namespace => "the namespace is protected again",

@@ -31,8 +31,9 @@ pub enum Exception {
     Absent,
     /// A usable exception.
     Valid { reason: String, expires: Option<String> },
-    /// An annotation that does not count, and why (said in the answer so that the user can fix it).
-    Void(String),
+    /// An annotation that does not count, and why (said in the answer so that the user can fix it). `expired`: it
+    /// was a valid exception whose expiry has passed (the audit tells it from an unreadable one).
+    Void { why: String, expired: bool },
 }
 
 impl Exception {
@@ -41,20 +42,22 @@ impl Exception {
     pub fn read(annotations: &BTreeMap<String, String>, keys: &ExceptionKeys, now: Timestamp) -> Exception {
         let Some(reason) = annotations.get(&keys.reason) else {
             return match annotations.get(&keys.expires) {
-                Some(_) => Exception::Void(super::messages::void_missing_reason(&keys.reason, &keys.expires)),
+                Some(_) => Exception::void(super::messages::void_missing_reason(&keys.reason, &keys.expires)),
                 None => Exception::Absent,
             };
         };
         if reason.trim().is_empty() {
-            return Exception::Void(super::messages::void_empty_reason(&keys.reason));
+            return Exception::void(super::messages::void_empty_reason(&keys.reason));
         }
         let Some(raw) = annotations.get(&keys.expires) else {
             return Exception::Valid { reason: reason.clone(), expires: None };
         };
         match parse_expiry(raw) {
             Some(end) if end > now => Exception::Valid { reason: reason.clone(), expires: Some(raw.trim().to_owned()) },
-            Some(_) => Exception::Void(format!("{} expired ({}={raw})", keys.reason, keys.expires)),
-            None => Exception::Void(format!(
+            Some(_) => {
+                Exception::Void { why: format!("{} expired ({}={raw})", keys.reason, keys.expires), expired: true }
+            }
+            None => Exception::void(format!(
                 "{}={raw:?} is not an RFC 3339 date or date-time (e.g. 2026-06-30 or 2026-06-30T18:00:00Z)",
                 keys.expires
             )),
@@ -63,6 +66,10 @@ impl Exception {
 }
 
 impl Exception {
+    fn void(why: String) -> Exception {
+        Exception::Void { why, expired: false }
+    }
+
     /// The first instant at which a valid exception no longer counts, when it has an expiry; `None` otherwise.
     pub fn valid_until(&self) -> Option<Timestamp> {
         match self {
@@ -78,7 +85,7 @@ impl fmt::Display for Exception {
             Exception::Absent => f.write_str("no exception"),
             Exception::Valid { reason, expires: None } => write!(f, "exception {reason:?}"),
             Exception::Valid { reason, expires: Some(e) } => write!(f, "exception {reason:?} (expires {e})"),
-            Exception::Void(why) => write!(f, "void exception: {why}"),
+            Exception::Void { why, .. } => write!(f, "void exception: {why}"),
         }
     }
 }
@@ -140,7 +147,8 @@ mod tests {
                 (None, Exception::Absent) => {}
                 (Some(("valid", "-")), Exception::Valid { expires: None, .. }) => {}
                 (Some(("valid", exp)), Exception::Valid { expires: Some(e), .. }) if e == exp => {}
-                (Some(("void", frag)), Exception::Void(why)) if why.contains(frag) => {}
+                (Some(("void", frag)), Exception::Void { why, expired })
+                    if why.contains(frag) && *expired == (frag == "expired") => {}
                 _ => panic!("{pairs:?}: want {want}, got {got:?}"),
             }
         }

@@ -79,7 +79,7 @@ impl Settings {
         let until = exception.valid_until();
         match exception {
             Exception::Valid { reason, expires } => Exemption::Exception { reason, expires, until },
-            Exception::Void(why) => Exemption::NotExempt { void_exception: Some(why) },
+            Exception::Void { why, .. } => Exemption::NotExempt { void_exception: Some(why) },
             Exception::Absent => Exemption::NotExempt { void_exception: None },
         }
     }

@@ -655,7 +655,7 @@ impl Settings {
 /// ends with a full stop.
 fn void_note(exception: &Exception) -> String {
     match exception {
-        Exception::Void(why) => messages::void_note(why),
+        Exception::Void { why, .. } => messages::void_note(why),
         _ => String::new(),
     }
 }
