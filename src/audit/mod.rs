@@ -468,10 +468,11 @@ fn exception_finding(
         SubjectKind::Namespace => "the namespace gets no default-deny policy",
         SubjectKind::NetworkPolicy => "it may be deleted or weakened",
     };
-    let (state, reason, message) = match Exception::read(annotations, keys, now) {
+    let exception = Exception::read(annotations, keys, now);
+    let until = exception.valid_until();
+    let (state, reason, message) = match exception {
         Exception::Absent => return None,
         Exception::Valid { reason, expires } => {
-            let until = expires.as_deref().and_then(rules::exception::parse_expiry);
             if let Some(u) = until {
                 next.at(u, now);
                 next.at(u.checked_sub(window).unwrap_or(now), now);

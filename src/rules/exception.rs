@@ -90,9 +90,8 @@ impl fmt::Display for Exception {
     }
 }
 
-/// The first instant at which an exception whose expiry annotation reads `raw` is no longer valid; `None` when
-/// `raw` is not an RFC 3339 date or date-time.
-pub fn parse_expiry(raw: &str) -> Option<Timestamp> {
+/// The first instant at which an exception is no longer valid.
+fn parse_expiry(raw: &str) -> Option<Timestamp> {
     let raw = raw.trim();
     if let Ok(ts) = raw.parse::<Timestamp>() {
         return Some(ts);
