@@ -192,6 +192,22 @@ pub enum SubjectKind {
     NetworkPolicy,
 }
 
+impl SubjectKind {
+    pub fn api_version(self) -> &'static str {
+        match self {
+            SubjectKind::Namespace => "v1",
+            SubjectKind::NetworkPolicy => "networking.k8s.io/v1",
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubjectKind::Namespace => "Namespace",
+            SubjectKind::NetworkPolicy => "NetworkPolicy",
+        }
+    }
+}
+
 /// The object a finding is about.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct Subject {
@@ -204,6 +220,14 @@ pub struct Subject {
 }
 
 impl Subject {
+    /// The object's own `metadata.namespace`: `None` for a Namespace, which is cluster-scoped.
+    pub fn object_namespace(&self) -> Option<&str> {
+        match self.kind {
+            SubjectKind::Namespace => None,
+            SubjectKind::NetworkPolicy => Some(&self.namespace),
+        }
+    }
+
     fn namespace(meta: &ObjectMeta) -> Subject {
         let name = meta.name.clone().unwrap_or_default();
         Subject { kind: SubjectKind::Namespace, namespace: name.clone(), name, uid: meta.uid.clone() }

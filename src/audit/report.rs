@@ -24,7 +24,7 @@ use kube::core::DynamicResourceScope;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::{Audit, Check, ExceptionState, Finding, Outcome, Severity, Subject, SubjectKind};
+use super::{Audit, Check, ExceptionState, Finding, Outcome, Severity, Subject};
 
 /// The name of every report the reconciler writes, and its `source`.
 pub const SOURCE: &str = "default-deny-guard";
@@ -207,15 +207,11 @@ pub struct ResourceRef {
 
 impl From<&Subject> for ResourceRef {
     fn from(s: &Subject) -> Self {
-        let (api_version, kind, namespace) = match s.kind {
-            SubjectKind::Namespace => ("v1", "Namespace", None),
-            SubjectKind::NetworkPolicy => ("networking.k8s.io/v1", "NetworkPolicy", Some(s.namespace.clone())),
-        };
         ResourceRef {
-            api_version: api_version.into(),
-            kind: kind.into(),
+            api_version: s.kind.api_version().into(),
+            kind: s.kind.as_str().into(),
             name: s.name.clone(),
-            namespace,
+            namespace: s.object_namespace().map(str::to_owned),
             uid: s.uid.clone(),
         }
     }
@@ -246,6 +242,17 @@ impl kube::Resource for Report {
 }
 
 impl Report {
+    /// The metadata the reconciler writes on a report in `namespace` (`None`: the cluster report): its name and
+    /// the managed-by label, nothing else (so that a listed report compares equal to the one it would write).
+    pub fn metadata(namespace: Option<&str>) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(SOURCE.into()),
+            namespace: namespace.map(str::to_owned),
+            labels: Some(BTreeMap::from([(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned())])),
+            ..ObjectMeta::default()
+        }
+    }
+
     fn new(t: ReportType, namespace: Option<&str>, results: Vec<ReportResult>) -> Report {
         let mut summary = Summary::default();
         for r in &results {
@@ -260,12 +267,7 @@ impl Report {
         Report {
             api_version: t.api.group_version(),
             kind: t.kind().into(),
-            metadata: ObjectMeta {
-                name: Some(SOURCE.into()),
-                namespace: namespace.map(str::to_owned),
-                labels: Some(BTreeMap::from([(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned())])),
-                ..ObjectMeta::default()
-            },
+            metadata: Report::metadata(namespace),
             summary,
             results,
         }
@@ -331,7 +333,6 @@ fn summary_results(audit: &Audit, first_seen: &impl Fn(&str) -> Timestamp) -> Ve
     let uncovered: Vec<&Finding> = of(Check::Coverage).collect();
     let exceptions: Vec<&Finding> = of(Check::Exception).collect();
     let attention = exceptions.iter().filter(|f| f.outcome != Outcome::Skip).count();
-    let count = |state| exceptions.iter().filter(|f| f.exception.as_ref().is_some_and(|e| e.state == state)).count();
     let rows = [
         (
             Check::SystemNamespace,
@@ -376,10 +377,10 @@ fn summary_results(audit: &Audit, first_seen: &impl Fn(&str) -> Timestamp) -> Ve
             format!(
                 "{} exceptions in use: {} valid, {} expiring, {} expired, {} invalid",
                 exceptions.len(),
-                count(ExceptionState::Valid),
-                count(ExceptionState::Expiring),
-                count(ExceptionState::Expired),
-                count(ExceptionState::Invalid)
+                audit.exceptions(ExceptionState::Valid),
+                audit.exceptions(ExceptionState::Expiring),
+                audit.exceptions(ExceptionState::Expired),
+                audit.exceptions(ExceptionState::Invalid)
             ),
             exceptions,
         ),

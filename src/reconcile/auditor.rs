@@ -15,7 +15,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
 use super::desired::MANAGER;
 use crate::audit::report::{self, MANAGED_BY, Report, ReportApi, ReportType};
-use crate::audit::{Audit, Finding, Outcome, SubjectKind};
+use crate::audit::{Audit, Finding, Outcome};
 
 /// A report API that is not served is looked for again after this long.
 const DISCOVERY_RETRY: Duration = Duration::from_secs(300);
@@ -137,7 +137,7 @@ impl Auditor {
                 Ok(existing) => {
                     for mut r in existing.items {
                         let ns = r.metadata.namespace.clone();
-                        r.metadata = written_metadata(&r.metadata);
+                        r.metadata = Report::metadata(r.metadata.namespace.as_deref());
                         self.published.insert((t, ns), r);
                     }
                 }
@@ -243,29 +243,13 @@ impl Auditor {
 
 fn object_reference(f: &Finding) -> ObjectReference {
     let s = &f.subject;
-    let (api_version, kind, namespace) = match s.kind {
-        SubjectKind::Namespace => ("v1", "Namespace", None),
-        SubjectKind::NetworkPolicy => ("networking.k8s.io/v1", "NetworkPolicy", Some(s.namespace.clone())),
-    };
     ObjectReference {
-        api_version: Some(api_version.into()),
-        kind: Some(kind.into()),
+        api_version: Some(s.kind.api_version().into()),
+        kind: Some(s.kind.as_str().into()),
         name: Some(s.name.clone()),
-        namespace,
+        namespace: s.object_namespace().map(str::to_owned),
         uid: s.uid.clone(),
         ..ObjectReference::default()
-    }
-}
-
-/// The metadata fields the reconciler writes, so that a listed report compares equal to the one it would write.
-fn written_metadata(
-    m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-    k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-        name: m.name.clone(),
-        namespace: m.namespace.clone(),
-        labels: Some(std::collections::BTreeMap::from([(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned())])),
-        ..Default::default()
     }
 }
 
