@@ -73,28 +73,24 @@ impl Auditor {
     /// Brings the reports and Events in line with `audit`.
     pub async fn publish(&mut self, audit: &Audit, now: Timestamp) -> Published {
         let mut done = Published::default();
-        let apis = self.outputs.reports.clone();
-        let mut built = Vec::new();
-        for api in apis {
+        let keys: Vec<String> = audit.findings.iter().map(Finding::key).collect();
+        // First-seen times are kept for the findings and the cluster summaries still there.
+        let mut present: HashSet<String> = keys.iter().cloned().collect();
+        for api in self.outputs.reports.clone() {
             let reports = report::reports(audit, api, |key| self.first_seen.get(key).copied().unwrap_or(now));
+            if let Some(cluster) = reports.iter().find(|r| r.namespace().is_none()) {
+                present.extend(cluster.results.iter().map(|x| format!("cluster/{}/{}", x.rule, x.result)));
+            }
             if self.served(api, &mut done).await {
                 self.sync_reports(api, &reports, &mut done).await;
             }
-            built.push(reports);
-        }
-        // First-seen times: those of the findings and summaries still there, new ones now.
-        let mut present: HashSet<String> = audit.findings.iter().map(Finding::key).collect();
-        for reports in &built {
-            for r in reports.iter().filter(|r| r.namespace().is_none()) {
-                present.extend(r.results.iter().map(|x| format!("cluster/{}/{}", x.rule, x.result)));
-            }
         }
         self.first_seen.retain(|k, _| present.contains(k));
-        for k in &present {
-            self.first_seen.entry(k.clone()).or_insert(now);
+        for k in present {
+            self.first_seen.entry(k).or_insert(now);
         }
         if self.outputs.events {
-            self.events(audit, &mut done).await;
+            self.events(audit, &keys, &mut done).await;
         }
         done
     }
@@ -207,16 +203,16 @@ impl Auditor {
     }
 
     /// An Event on each object with a new finding; a finding that goes away may be told again if it comes back.
-    async fn events(&mut self, audit: &Audit, done: &mut Published) {
-        let present: HashSet<String> = audit.findings.iter().map(Finding::key).collect();
-        self.evented.retain(|k| present.contains(k));
+    /// `keys` are the findings' keys, in order.
+    async fn events(&mut self, audit: &Audit, keys: &[String], done: &mut Published) {
+        let present: HashSet<&str> = keys.iter().map(String::as_str).collect();
+        self.evented.retain(|k| present.contains(k.as_str()));
         let mut sent = 0;
-        for f in &audit.findings {
+        for (f, key) in audit.findings.iter().zip(keys) {
             if sent == EVENTS_PER_AUDIT {
                 break;
             }
-            let key = f.key();
-            if self.evented.contains(&key) {
+            if self.evented.contains(key) {
                 continue;
             }
             sent += 1;
@@ -230,7 +226,7 @@ impl Auditor {
             match self.recorder.publish(&event, &object_reference(f)).await {
                 Ok(()) => {
                     done.events += 1;
-                    self.evented.insert(key);
+                    self.evented.insert(key.clone());
                 }
                 Err(e) => {
                     done.errors += 1;
