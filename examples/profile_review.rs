@@ -58,8 +58,8 @@ fn main() {
             (Webhook::Validate, bodies::networkpolicy_create_in("team-4711-prod"))
         }
         "record_json" => {
-            let reviewed =
-                admission::review(&settings, &(), Webhook::Validate, &bodies::networkpolicy_create(), now()).unwrap();
+            let body = bodies::networkpolicy_create();
+            let reviewed = admission::review(&settings, &(), Webhook::Validate, &body, now()).unwrap();
             let metrics = Metrics::new();
             let subscriber = telemetry::subscriber(LogFormat::Json, false, std::io::sink);
             tracing::subscriber::with_default(subscriber, || {

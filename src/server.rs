@@ -518,7 +518,7 @@ async fn admit(state: &AppState, webhook: Webhook, request: axum::extract::Reque
 pub fn record_decision(
     metrics: &Metrics,
     webhook: Webhook,
-    reviewed: &admission::Reviewed,
+    reviewed: &admission::Reviewed<'_>,
     elapsed: Duration,
     log_allowed: bool,
 ) {
@@ -534,13 +534,13 @@ pub fn record_decision(
     macro_rules! line {
         ($level:ident) => {
             tracing::$level!(
-                uid = reviewed.uid.as_str(),
+                uid = &*reviewed.uid,
                 webhook = webhook.as_str(),
-                kind = reviewed.kind_sent.as_str(),
+                kind = &*reviewed.kind_sent,
                 namespace = reviewed.namespace.as_str(),
                 name = reviewed.name.as_str(),
                 operation = reviewed.operation.as_str(),
-                user = reviewed.user.as_str(),
+                user = &*reviewed.user,
                 dry_run = reviewed.dry_run,
                 decision = decision.as_str(),
                 rule = crate::metrics::rule_label(d.rule),

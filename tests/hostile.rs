@@ -19,8 +19,8 @@ fn judge(body: &[u8]) -> Vec<Result<(String, Value), String>> {
             admission::review(&settings, &(), webhook, body, jiff::Timestamp::now())
                 .map(|r| {
                     let answer: Value = serde_json::from_slice(&r.body).expect("answers are JSON");
-                    assert_eq!(answer["response"]["uid"], r.uid.as_str(), "uid echoed");
-                    (r.uid, answer["response"].clone())
+                    assert_eq!(answer["response"]["uid"], &*r.uid, "uid echoed");
+                    (r.uid.into_owned(), answer["response"].clone())
                 })
                 .map_err(|e| e.to_string())
         })

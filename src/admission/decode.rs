@@ -121,6 +121,13 @@ impl ObjectIn for AnyObject<'_> {
     }
 }
 
+/// Boxed in the review as decoded, so that moving the decoded review moves two pointers, not two objects.
+impl ObjectIn for Box<AnyObject<'_>> {
+    fn read_as<K: Kind>(self, field: &str, keys: &ExceptionKeys) -> Result<K, String> {
+        (*self).read_as(field, keys)
+    }
+}
+
 impl ObjectIn for &RawValue {
     fn read_as<K: Kind>(self, field: &str, _: &ExceptionKeys) -> Result<K, String> {
         decode(self.get()).map_err(|e| match e.path {

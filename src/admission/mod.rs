@@ -13,6 +13,8 @@
 mod decode;
 mod wire;
 
+use std::borrow::Cow;
+
 use jiff::Timestamp;
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation};
@@ -135,25 +137,26 @@ pub enum ReviewError {
     NoUid,
 }
 
-/// One review, answered: the response body and what the log line and the metrics say about it.
+/// One review, answered: the response body and what the log line and the metrics say about it. The request's
+/// own strings are borrowed from the body it was read from.
 #[derive(Debug)]
-pub struct Reviewed {
+pub struct Reviewed<'a> {
     pub body: Vec<u8>,
-    pub uid: String,
+    pub uid: Cow<'a, str>,
     pub kind: ReviewKind,
     /// `request.kind.kind` as sent (for the log line only: a label would let a client grow the metrics).
-    pub kind_sent: String,
+    pub kind_sent: Cow<'a, str>,
     pub operation: Operation,
     pub namespace: String,
     pub name: String,
-    pub user: String,
+    pub user: Cow<'a, str>,
     pub dry_run: bool,
     pub decision: Decision,
     /// The object could not be read as its kind, and the review was denied for it (fail closed).
     pub unreadable: bool,
 }
 
-impl Reviewed {
+impl Reviewed<'_> {
     /// Whether the decision changes something or needs a person: a denial, a warning, a patch, an exception
     /// used, an object that could not be read. The rest are plain allows.
     pub fn notable(&self) -> bool {
@@ -175,18 +178,18 @@ impl Reviewed {
 }
 
 /// Answers one AdmissionReview. Pure but for `facts`, which reads the namespace cache.
-pub fn review(
+pub fn review<'a>(
     settings: &Settings,
     facts: &dyn NamespaceLookup,
     webhook: Webhook,
-    body: &[u8],
+    body: &'a [u8],
     now: Timestamp,
-) -> Result<Reviewed, ReviewError> {
+) -> Result<Reviewed<'a>, ReviewError> {
     // One pass, objects included (see `AnyObject`). UTF-8 is checked once for the whole body, so that the parser
     // does not check each string again. Anything that does not read goes the two-pass way below.
     // simdutf8's `basic` check accepts and refuses exactly what `std::str::from_utf8` does, 16-32 bytes at a time.
     if let Ok(text) = simdutf8::basic::from_utf8(body)
-        && let Ok(review) = serde_json::from_str::<ReviewIn<'_, AnyObject<'_>>>(text)
+        && let Ok(review) = serde_json::from_str::<ReviewIn<'_, Box<AnyObject<'_>>>>(text)
     {
         return answer(settings, facts, webhook, review, now);
     }
@@ -195,24 +198,24 @@ pub fn review(
 
 /// The reference path: the envelope with its objects as raw JSON, then each object as the kind the request
 /// names, so that an object that is not what its kind says is denied with a message that says where.
-fn review_two_pass(
+fn review_two_pass<'a>(
     settings: &Settings,
     facts: &dyn NamespaceLookup,
     webhook: Webhook,
-    body: &[u8],
+    body: &'a [u8],
     now: Timestamp,
-) -> Result<Reviewed, ReviewError> {
+) -> Result<Reviewed<'a>, ReviewError> {
     let review: ReviewIn<'_, &RawValue> = decode(body).map_err(|e| ReviewError::Decode(e.to_string()))?;
     answer(settings, facts, webhook, review, now)
 }
 
-fn answer<O: ObjectIn>(
+fn answer<'a, O: ObjectIn>(
     settings: &Settings,
     facts: &dyn NamespaceLookup,
     webhook: Webhook,
-    review: ReviewIn<'_, O>,
+    review: ReviewIn<'a, O>,
     now: Timestamp,
-) -> Result<Reviewed, ReviewError> {
+) -> Result<Reviewed<'a>, ReviewError> {
     match review.kind.as_deref() {
         Some("AdmissionReview") => {}
         Some(other) => return Err(ReviewError::NotAReview(other.to_owned())),
@@ -264,13 +267,13 @@ fn answer<O: ObjectIn>(
 
     Ok(Reviewed {
         body,
-        uid: req.uid.into_owned(),
+        uid: req.uid,
         kind,
-        kind_sent: req.kind.kind.into_owned(),
+        kind_sent: req.kind.kind,
         operation,
         namespace: judged.namespace,
         name: judged.name,
-        user: req.user_info.username.unwrap_or_default().into_owned(),
+        user: req.user_info.username.unwrap_or_default(),
         dry_run: req.dry_run.unwrap_or(false),
         unreadable: judged.unreadable,
         decision: judged.decision,
