@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::rules::default_deny::object_or_null;
-use crate::rules::{ExceptionKeys, Metadata, Namespace, NetworkPolicy, PolicySpec, null_as_default};
+use crate::rules::{BorrowedStr, ExceptionKeys, Metadata, Namespace, NetworkPolicy, PolicySpec, null_as_default};
 
 /// An object read in the envelope's own pass, before its kind is known: the fields of a NetworkPolicy, of which a
 /// Namespace reads the metadata. Decoded as [`crate::rules::NetworkPolicy`] is, but for the annotations' values
@@ -67,7 +67,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawAnnotations<'a> {
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut entries = Vec::new();
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                while let Some(BorrowedStr(key)) = map.next_key()? {
                     let value: &'de RawValue = map.next_value()?;
                     // What a `String` would not take must not pass here either. JSON syntax and control
                     // characters the parser checked while skipping the value, but not lone surrogates (`\ud800`):

@@ -7,6 +7,7 @@ use std::fmt;
 
 use serde::Deserialize;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use smallvec::SmallVec;
 
 /// A traffic direction that a NetworkPolicy can govern (`spec.policyTypes`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -86,7 +87,7 @@ impl<'de, const EGRESS: bool> Deserialize<'de> for Rule<EGRESS> {
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let peers_key = if EGRESS { "to" } else { "from" };
                 let mut rule = Rule::default();
-                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                while let Some(super::BorrowedStr(key)) = map.next_key()? {
                     let count = |v: Option<ListLen>| v.map_or(0, |l| l.0);
                     if key == peers_key {
                         rule.peers = count(map.next_value()?);
@@ -137,10 +138,11 @@ pub struct Restricted {
     pub allow_rules: usize,
 }
 
-/// Why a policy is default-deny: the directions it restricts while selecting every pod.
+/// Why a policy is default-deny: the directions it restricts while selecting every pod. Inline (there are two
+/// directions): the rules ask a policy this several times a review.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DefaultDeny {
-    restricted: Vec<Restricted>,
+    restricted: SmallVec<[Restricted; 2]>,
 }
 
 impl DefaultDeny {
@@ -178,25 +180,13 @@ impl PolicySpec {
     /// The directions this policy governs, after the API's defaulting of `policyTypes`: when absent or empty,
     /// Ingress always and Egress only when there is at least one egress rule (`len(spec.Egress) != 0` in
     /// Kubernetes' `SetDefaults_NetworkPolicySpec`).
-    pub fn governed(&self) -> Vec<Direction> {
-        match &self.policy_types {
-            Some(types) if !types.is_empty() => {
-                let mut out = Vec::with_capacity(2);
-                for d in [Direction::Ingress, Direction::Egress] {
-                    if types.contains(&d) {
-                        out.push(d);
-                    }
-                }
-                out
-            }
-            _ => {
-                if self.egress.as_ref().is_some_and(|e| !e.is_empty()) {
-                    vec![Direction::Ingress, Direction::Egress]
-                } else {
-                    vec![Direction::Ingress]
-                }
-            }
-        }
+    pub fn governed(&self) -> impl Iterator<Item = Direction> + '_ {
+        let listed = self.policy_types.as_deref().filter(|types| !types.is_empty());
+        let egress_rules = self.egress.as_ref().is_some_and(|e| !e.is_empty());
+        [Direction::Ingress, Direction::Egress].into_iter().filter(move |d| match listed {
+            Some(types) => types.contains(d),
+            None => *d == Direction::Ingress || egress_rules,
+        })
     }
 
     /// `Some` when the policy selects every pod and some governed direction allows less than everything.
@@ -204,9 +194,8 @@ impl PolicySpec {
         if !self.pod_selector.selects_everything() {
             return None;
         }
-        let restricted: Vec<Restricted> = self
+        let restricted: SmallVec<[Restricted; 2]> = self
             .governed()
-            .into_iter()
             .filter_map(|direction| {
                 let (allow_all, rules) = match direction {
                     Direction::Ingress => {
