@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use smallvec::SmallVec;
 
 use crate::rules::default_deny::object_or_null;
 use crate::rules::{BorrowedStr, ExceptionKeys, Metadata, Namespace, NetworkPolicy, PolicySpec, null_as_default};
@@ -53,9 +54,10 @@ pub(super) struct MetadataIn<'a> {
     pub(super) deletion_timestamp: Option<String>,
 }
 
-/// Annotations with their values as raw JSON, in document order.
+/// Annotations with their values as raw JSON, in document order; inline up to two (kubectl's last-applied and one
+/// more), which is most objects.
 #[derive(Default)]
-pub(super) struct RawAnnotations<'a>(pub(super) Vec<(Cow<'a, str>, &'a RawValue)>);
+pub(super) struct RawAnnotations<'a>(pub(super) SmallVec<[(Cow<'a, str>, &'a RawValue); 2]>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for RawAnnotations<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -66,7 +68,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawAnnotations<'a> {
                 f.write_str("a map of strings")
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut entries = Vec::new();
+                let mut entries = SmallVec::new();
                 while let Some(BorrowedStr(key)) = map.next_key()? {
                     let value: &'de RawValue = map.next_value()?;
                     // What a `String` would not take must not pass here either. JSON syntax and control

@@ -1,7 +1,7 @@
 //! Which NetworkPolicy is "default-deny": Kubernetes semantics, not names (docs/design.md section 3).
 //!
 //! Only the fields the rules read are decoded. Rules, peers and ports are counted, never built: a policy with 1,000
-//! ingress rules costs no allocation per rule, and the untouched parts of the object are skipped by the parser.
+//! ingress rules costs no allocation at all, and the untouched parts of the object are skipped by the parser.
 
 use std::fmt;
 
@@ -33,11 +33,92 @@ pub struct PolicySpec {
     #[serde(default, deserialize_with = "object_or_null")]
     pub pod_selector: LabelSelector,
     #[serde(default)]
-    pub policy_types: Option<Vec<Direction>>,
+    pub policy_types: Option<Directions>,
     #[serde(default)]
-    pub ingress: Option<Vec<IngressRule>>,
+    pub ingress: Option<Rules<false>>,
     #[serde(default)]
-    pub egress: Option<Vec<EgressRule>>,
+    pub egress: Option<Rules<true>>,
+}
+
+/// `spec.policyTypes`, reduced to which directions it lists.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Directions {
+    pub ingress: bool,
+    pub egress: bool,
+}
+
+impl Directions {
+    fn is_empty(self) -> bool {
+        !self.ingress && !self.egress
+    }
+
+    fn contains(self, direction: Direction) -> bool {
+        match direction {
+            Direction::Ingress => self.ingress,
+            Direction::Egress => self.egress,
+        }
+    }
+}
+
+/// The rules of one direction, reduced to what decides default-deny: how many there are, and whether one of them
+/// allows everything.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rules<const EGRESS: bool> {
+    pub len: usize,
+    pub allow_everything: bool,
+}
+
+/// A list read element by element as `T` (so that an error names the element, `spec.ingress[0]`), folded into
+/// `Self` without keeping the elements: no allocation per list.
+trait FoldSeq<T>: Default {
+    fn add(&mut self, element: T);
+}
+
+impl FoldSeq<Direction> for Directions {
+    fn add(&mut self, direction: Direction) {
+        match direction {
+            Direction::Ingress => self.ingress = true,
+            Direction::Egress => self.egress = true,
+        }
+    }
+}
+
+impl<const EGRESS: bool> FoldSeq<Rule<EGRESS>> for Rules<EGRESS> {
+    fn add(&mut self, rule: Rule<EGRESS>) {
+        self.len += 1;
+        self.allow_everything |= rule.allows_everything();
+    }
+}
+
+fn fold_seq<'de, D: Deserializer<'de>, T: Deserialize<'de>, F: FoldSeq<T>>(d: D) -> Result<F, D::Error> {
+    struct SeqVisitor<T, F>(std::marker::PhantomData<(T, F)>);
+    impl<'de, T: Deserialize<'de>, F: FoldSeq<T>> Visitor<'de> for SeqVisitor<T, F> {
+        type Value = F;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            // As serde's `Vec` says it, which this replaces.
+            f.write_str("a sequence")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<F, A::Error> {
+            let mut folded = F::default();
+            while let Some(element) = seq.next_element::<T>()? {
+                folded.add(element);
+            }
+            Ok(folded)
+        }
+    }
+    d.deserialize_seq(SeqVisitor(std::marker::PhantomData))
+}
+
+impl<'de> Deserialize<'de> for Directions {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        fold_seq::<D, Direction, Self>(d)
+    }
+}
+
+impl<'de, const EGRESS: bool> Deserialize<'de> for Rules<EGRESS> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        fold_seq::<D, Rule<EGRESS>, Self>(d)
+    }
 }
 
 /// A label selector, reduced to whether it has any term.
@@ -65,9 +146,6 @@ pub struct Rule<const EGRESS: bool> {
     pub peers: usize,
     pub ports: usize,
 }
-
-pub type IngressRule = Rule<false>;
-pub type EgressRule = Rule<true>;
 
 impl<const EGRESS: bool> Rule<EGRESS> {
     /// A rule with no peers and no ports (`- {}`) allows all traffic in its direction.
@@ -181,10 +259,10 @@ impl PolicySpec {
     /// Ingress always and Egress only when there is at least one egress rule (`len(spec.Egress) != 0` in
     /// Kubernetes' `SetDefaults_NetworkPolicySpec`).
     pub fn governed(&self) -> impl Iterator<Item = Direction> + '_ {
-        let listed = self.policy_types.as_deref().filter(|types| !types.is_empty());
-        let egress_rules = self.egress.as_ref().is_some_and(|e| !e.is_empty());
+        let listed = self.policy_types.filter(|types| !types.is_empty());
+        let egress_rules = self.egress.is_some_and(|e| e.len > 0);
         [Direction::Ingress, Direction::Egress].into_iter().filter(move |d| match listed {
-            Some(types) => types.contains(d),
+            Some(types) => types.contains(*d),
             None => *d == Direction::Ingress || egress_rules,
         })
     }
@@ -197,17 +275,12 @@ impl PolicySpec {
         let restricted: SmallVec<[Restricted; 2]> = self
             .governed()
             .filter_map(|direction| {
-                let (allow_all, rules) = match direction {
-                    Direction::Ingress => {
-                        let rules = self.ingress.as_deref().unwrap_or_default();
-                        (rules.iter().any(Rule::allows_everything), rules.len())
-                    }
-                    Direction::Egress => {
-                        let rules = self.egress.as_deref().unwrap_or_default();
-                        (rules.iter().any(Rule::allows_everything), rules.len())
-                    }
+                let rules = match direction {
+                    Direction::Ingress => self.ingress.map(|r| (r.len, r.allow_everything)),
+                    Direction::Egress => self.egress.map(|r| (r.len, r.allow_everything)),
                 };
-                (!allow_all).then_some(Restricted { direction, allow_rules: rules })
+                let (len, allow_everything) = rules.unwrap_or_default();
+                (!allow_everything).then_some(Restricted { direction, allow_rules: len })
             })
             .collect();
         (!restricted.is_empty()).then_some(DefaultDeny { restricted })
