@@ -75,8 +75,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawAnnotations<'a> {
                     // characters the parser checked while skipping the value, but not lone surrogates (`\ud800`):
                     // a value with a `\u` escape is decoded here to be sure.
                     let text = value.get();
+                    // (memchr's memmem: std's substring search was ~400 instructions a review on last-applied.)
                     let string = text.starts_with('"')
-                        && (!text.contains("\\u") || serde_json::from_str::<String>(text).is_ok());
+                        && (memchr::memmem::find(text.as_bytes(), b"\\u").is_none()
+                            || serde_json::from_str::<String>(text).is_ok());
                     if !string {
                         return Err(serde::de::Error::custom("an annotation's value is not a string"));
                     }
