@@ -1,18 +1,20 @@
 //! Logs: one structured line per event, as JSON or text, on stderr. `RUST_LOG` refines the level (default `info`).
 //!
-//! Stock parts: tracing-subscriber's text format, its timer and tracing-serde's field visitor for JSON, and
-//! tracing-appender's non-blocking writer, so that a slow reader of stderr never blocks a request's thread. The one
-//! piece of our own is [`JsonLine`], which writes tracing-subscriber's JSON line byte for byte but straight into a
-//! byte buffer (why, and by how much: docs/performance.md, "Logs").
+//! Stock parts: tracing-subscriber's text format, its timer and tracing-serde's field visitor for JSON. Two pieces
+//! of our own, each where the stock one measurably cost a user (docs/performance.md, "Logs"): [`JsonLine`], which
+//! writes tracing-subscriber's JSON line byte for byte but straight into a byte buffer, and [`BatchedWriter`], a
+//! writer thread that gathers lines for 10 ms and writes them at once, so that a slow reader of stderr never blocks
+//! a request's thread and a line costs no thread switch.
 
 use std::cell::RefCell;
 use std::fmt;
-use std::io::{BufWriter, IsTerminal};
+use std::io::{IsTerminal, Write};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 use serde::Serializer as _;
 use serde::ser::SerializeMap;
 use tracing::{Event, Subscriber};
-use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_serde::{AsSerde, SerdeMapVisitor};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::format::Writer;
@@ -30,17 +32,148 @@ pub enum LogFormat {
 }
 
 /// Installs the log subscriber. Keep the guard until the end of `main`: dropping it writes out what is left.
-pub fn init(format: LogFormat) -> WorkerGuard {
+pub fn init(format: LogFormat) -> LogGuard {
     // Colours only for a person at a terminal, never into a log file or a collector.
     let ansi = std::io::stderr().is_terminal();
-    // Not lossy: at the limit a logging thread waits rather than a line being dropped, since a denial's line is the
-    // operator's record of it. The channel's slots are allocated up front: the default 128,000 lines cost 3.7 MiB of
-    // RSS at idle (release, 9.0 -> 12.7 MiB); 4,096 lines (~2 MiB of denial lines in flight) cost next to nothing.
-    // The worker writes every line it finds queued and then flushes: buffered, a burst of lines is one write(2).
-    let (writer, guard) =
-        NonBlockingBuilder::default().lossy(false).buffered_lines_limit(4096).finish(BufWriter::new(std::io::stderr()));
+    let (writer, guard) = BatchedWriter::start(std::io::stderr(), PENDING_LIMIT, BATCH_INTERVAL);
     tracing::subscriber::set_global_default(subscriber(format, ansi, writer)).expect("the log subscriber is set once");
     guard
+}
+
+/// Lines not yet written past this size make the logging thread wait: back-pressure rather than lost lines (a
+/// denial's line is the operator's record of it) or unbounded memory when stderr's reader stalls.
+const PENDING_LIMIT: usize = 4 << 20;
+
+/// How long the writer thread lets lines gather before it writes them: the most a line waits.
+const BATCH_INTERVAL: Duration = Duration::from_millis(10);
+
+/// A log sink written by a thread of its own: a line is appended to a buffer, and the thread, woken by the first
+/// line of a batch, writes everything that gathered over the next interval in one `write`.
+///
+/// Why not tracing-appender's non-blocking writer: it hands each line over a crossbeam channel, whose worker
+/// wakes for every line and, finding the channel empty again, spins with `sched_yield` before it sleeps. On one
+/// core (a pod's CPU limit, or the load test's pinning) that was per line about one `write`, three or four
+/// `sched_yield` and one or two `futex` calls, each a switch away from the request being answered (strace -c over
+/// the load mix: 6.8 system calls per decision line; here one wake-up and one write per interval, however many lines).
+#[derive(Clone)]
+pub struct BatchedWriter(Arc<Pending>);
+
+struct Pending {
+    lines: Mutex<PendingLines>,
+    /// Lines arrived (for the writer thread).
+    arrived: Condvar,
+    /// Lines written out (for loggers waiting at the limit).
+    written: Condvar,
+    limit: usize,
+}
+
+#[derive(Default)]
+struct PendingLines {
+    bytes: Vec<u8>,
+    closed: bool,
+}
+
+impl Pending {
+    fn lock(&self) -> MutexGuard<'_, PendingLines> {
+        // A panic while holding the lock leaves nothing half-done that matters for log lines.
+        self.lines.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Stops the writer thread once everything pending is written.
+pub struct LogGuard {
+    pending: Arc<Pending>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        self.pending.lock().closed = true;
+        self.pending.arrived.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl BatchedWriter {
+    /// Starts the writer thread, writing to `sink` every `interval` at most, holding at most about `limit` bytes.
+    pub fn start<W: Write + Send + 'static>(
+        mut sink: W,
+        limit: usize,
+        interval: Duration,
+    ) -> (BatchedWriter, LogGuard) {
+        let pending =
+            Arc::new(Pending { lines: Mutex::default(), arrived: Condvar::new(), written: Condvar::new(), limit });
+        let shared = pending.clone();
+        let thread = std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || {
+                let mut out = Vec::new();
+                loop {
+                    {
+                        let mut lines = shared.lock();
+                        while lines.bytes.is_empty() && !lines.closed {
+                            lines = shared.arrived.wait(lines).unwrap_or_else(|e| e.into_inner());
+                        }
+                    }
+                    // Let the batch gather: one wake-up and one write per interval at most, however many lines.
+                    std::thread::sleep(interval);
+                    let closed = {
+                        let mut lines = shared.lock();
+                        std::mem::swap(&mut out, &mut lines.bytes);
+                        lines.closed
+                    };
+                    shared.written.notify_all();
+                    // Errors are dropped, as tracing-subscriber's own writers drop them: there is nowhere to report.
+                    let _ = sink.write_all(&out).and_then(|()| sink.flush());
+                    // A storm's buffer is not kept for ever.
+                    if out.capacity() > 1 << 20 {
+                        out = Vec::new();
+                    } else {
+                        out.clear();
+                    }
+                    if closed && shared.lock().bytes.is_empty() {
+                        return;
+                    }
+                }
+            })
+            .expect("start the log writer thread");
+        (BatchedWriter(pending.clone()), LogGuard { pending, thread: Some(thread) })
+    }
+}
+
+impl Write for BatchedWriter {
+    /// Takes the whole line (tracing-subscriber writes each event with one `write_all`).
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut lines = self.0.lock();
+        if lines.closed {
+            // After the guard: straight through.
+            drop(lines);
+            return std::io::stderr().write(buf);
+        }
+        while !lines.bytes.is_empty() && lines.bytes.len() + buf.len() > self.0.limit {
+            lines = self.0.written.wait(lines).unwrap_or_else(|e| e.into_inner());
+        }
+        let was_empty = lines.bytes.is_empty();
+        lines.bytes.extend_from_slice(buf);
+        drop(lines);
+        if was_empty {
+            self.0.arrived.notify_one();
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'w> MakeWriter<'w> for BatchedWriter {
+    type Writer = BatchedWriter;
+    fn make_writer(&'w self) -> Self::Writer {
+        self.clone()
+    }
 }
 
 /// The subscriber `init` installs, writing to `writer` (tests and the benchmark of the log line give their own).
@@ -148,6 +281,82 @@ mod tests {
         tracing::warn!(status = 400u16, detail = %"a \"display\" value", thing = ?Thing { a: "x" }, "request rejected");
         tracing::error!("no fields at all: {}", 42);
         tracing::info!(target: "other::target", empty = "", "");
+    }
+
+    /// A sink that holds what it was given, and can be made to stall.
+    #[derive(Clone, Default)]
+    struct Stalling {
+        written: Arc<Mutex<Vec<u8>>>,
+        gate: Arc<Mutex<()>>,
+    }
+    impl std::io::Write for Stalling {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let _open = self.gate.lock().unwrap();
+            self.written.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Lines from many threads come out whole, each once, in each thread's order, and all of them by the time
+    /// the guard is dropped.
+    #[test]
+    fn batched_lines_come_out_whole_and_in_order() {
+        let sink = Stalling::default();
+        let (writer, guard) = BatchedWriter::start(sink.clone(), 1 << 20, Duration::from_millis(2));
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let mut w = writer.clone();
+                std::thread::spawn(move || {
+                    for i in 0..5_000 {
+                        w.write_all(format!("thread {t} line {i} {}\n", "x".repeat(i % 200)).as_bytes()).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        drop(guard);
+        let text = String::from_utf8(sink.written.lock().unwrap().clone()).unwrap();
+        let mut next = [0usize; 4];
+        for line in text.lines() {
+            let words: Vec<&str> = line.split(' ').collect();
+            let (t, i): (usize, usize) = (words[1].parse().unwrap(), words[3].parse().unwrap());
+            assert_eq!(i, next[t], "thread {t}'s lines in order, none lost or doubled");
+            assert_eq!(words.get(4).copied().unwrap_or(""), "x".repeat(i % 200), "the line whole");
+            next[t] += 1;
+        }
+        assert_eq!(next, [5_000; 4]);
+    }
+
+    /// While the sink stalls, what is pending stays within the limit: loggers wait instead, and go on once the
+    /// sink takes lines again.
+    #[test]
+    fn a_stalled_sink_holds_loggers_at_the_limit() {
+        let sink = Stalling::default();
+        let limit = 10_000;
+        let (writer, guard) = BatchedWriter::start(sink.clone(), limit, Duration::from_millis(1));
+        let stall = sink.gate.lock().unwrap();
+        let logger = {
+            let mut w = writer.clone();
+            std::thread::spawn(move || {
+                for i in 0..1_000 {
+                    w.write_all(format!("line {i:04} {}\n", "y".repeat(90)).as_bytes()).unwrap();
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        // The writer thread holds one batch (in the stalled write) and at most `limit` bytes are pending.
+        let pending = writer.0.lock().bytes.len();
+        assert!(pending <= limit, "{pending} bytes pending");
+        assert!(!logger.is_finished(), "the logger waits at the limit");
+        drop(stall);
+        logger.join().unwrap();
+        drop(guard);
+        assert_eq!(sink.written.lock().unwrap().len(), 1_000 * 101, "every line written once");
     }
 
     /// Every kind of field our code logs, written by `JsonLine` and by tracing-subscriber's own JSON format
