@@ -482,10 +482,11 @@ impl Proc {
 
     /// How many log lines there are so far: a mark to look for lines after it.
     ///
-    /// The process writes its log from a thread of its own (tracing-appender's non-blocking writer) and a thread
-    /// here reads the pipe: the line of a decision made just before this call may not have arrived yet, and would then count as
-    /// after the mark (a scenario saw the CREATE of its namespace as a reply to the UPDATE that followed it). Waiting
-    /// a little first puts every earlier line before the mark.
+    /// The process writes its log from a thread of its own (lines gathered for 10 ms, `telemetry::BatchedWriter`)
+    /// and a thread here reads the pipe: the line of a decision made just before this call may not have arrived
+    /// yet, and would then count as after the mark (a scenario saw the CREATE of its namespace as a reply to the
+    /// UPDATE that followed it). Waiting a little first (`LOG_SETTLE`, longer than a batch) puts every earlier line
+    /// before the mark.
     pub fn log_mark(&self) -> usize {
         std::thread::sleep(LOG_SETTLE);
         self.logs.lock().unwrap_or_else(|e| e.into_inner()).len()
