@@ -169,31 +169,11 @@ pub(crate) fn null_as_default<'de, D: Deserializer<'de>, T: Default + Deserializ
 }
 
 /// A string borrowed from the JSON it is read from when it has no escapes, copied when it has. For the keys that
-/// hand-written visitors match: serde's own `Cow<str>` always copies (only derived fields marked `borrow` borrow),
-/// which was an allocation per key of every ingress rule and annotation.
-pub(crate) struct BorrowedStr<'a>(pub(crate) std::borrow::Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for BorrowedStr<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = BorrowedStr<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: serde::de::Error>(self, s: &'de str) -> Result<Self::Value, E> {
-                Ok(BorrowedStr(s.into()))
-            }
-            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
-                Ok(BorrowedStr(s.to_owned().into()))
-            }
-            fn visit_string<E: serde::de::Error>(self, s: String) -> Result<Self::Value, E> {
-                Ok(BorrowedStr(s.into()))
-            }
-        }
-        d.deserialize_str(Visitor)
-    }
-}
+/// hand-written visitors match: serde's own `Cow<str>` always copies (only fields marked `borrow` borrow), which
+/// was an allocation per key of every ingress rule and annotation.
+#[derive(Deserialize)]
+#[serde(transparent)]
+pub(crate) struct BorrowedStr<'a>(#[serde(borrow)] pub(crate) std::borrow::Cow<'a, str>);
 
 /// A `networking.k8s.io/v1` NetworkPolicy. A missing or `null` spec is `{}`: a deny-all ingress policy.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]

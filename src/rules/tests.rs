@@ -854,3 +854,15 @@ fn parses_rule_ids_and_labels() {
     assert!("default-deny".parse::<EnableLabel>().is_err());
     assert!("=enabled".parse::<EnableLabel>().is_err());
 }
+
+/// Keys without escapes are borrowed from the input (the reason `BorrowedStr` exists), escaped ones decoded.
+#[test]
+fn borrowed_str_borrows_what_it_can() {
+    use std::borrow::Cow;
+    let BorrowedStr(plain) = serde_json::from_str(r#""from""#).unwrap();
+    assert!(matches!(plain, Cow::Borrowed("from")));
+    let BorrowedStr(escaped) = serde_json::from_str(r#""fr\u006fm""#).unwrap();
+    assert!(matches!(escaped, Cow::Owned(ref s) if s == "from"));
+    let Err(e) = serde_json::from_str::<BorrowedStr>("1") else { panic!("a number is not a key") };
+    assert!(e.to_string().contains("expected a string"), "{e}");
+}
