@@ -52,9 +52,9 @@ const BATCH_INTERVAL: Duration = Duration::from_millis(10);
 ///
 /// Why not tracing-appender's non-blocking writer: it hands each line over a crossbeam channel, whose worker
 /// wakes for every line and, finding the channel empty again, spins with `sched_yield` before it sleeps. On one
-/// core (a pod's CPU limit, or the load test's pinning) that was per line about one `write`, three or four
-/// `sched_yield` and one or two `futex` calls, each a switch away from the request being answered (strace -c over
-/// the load mix: 6.8 system calls per decision line; here one wake-up and one write per interval, however many lines).
+/// core (a pod's CPU limit, or the load test's pinning) each of those calls is a switch away from the request being
+/// answered; here there is one wake-up and one write per interval, however many lines (the system calls counted
+/// both ways: docs/performance.md, "Logs").
 #[derive(Clone)]
 pub struct BatchedWriter(Arc<Pending>);
 
@@ -248,18 +248,6 @@ mod tests {
         }
     }
 
-    #[derive(Clone, Default)]
-    struct Lines(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Lines {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     fn emit_all() {
         #[derive(Debug)]
         #[allow(dead_code)]
@@ -363,8 +351,8 @@ mod tests {
     /// configured as we would configure it, comes out as the same bytes.
     #[test]
     fn json_line_is_the_stock_line() {
-        let ours = Lines::default();
-        let stock = Lines::default();
+        let ours = Stalling::default();
+        let stock = Stalling::default();
         let writer = ours.clone();
         let subscriber = tracing_subscriber::fmt()
             .with_writer(move || writer.clone())
@@ -383,7 +371,7 @@ mod tests {
             .with_span_list(false)
             .finish();
         tracing::subscriber::with_default(subscriber, emit_all);
-        let (ours, stock) = (ours.0.lock().unwrap().clone(), stock.0.lock().unwrap().clone());
+        let (ours, stock) = (ours.written.lock().unwrap().clone(), stock.written.lock().unwrap().clone());
         let ours = String::from_utf8(ours).unwrap();
         assert_eq!(ours, String::from_utf8(stock).unwrap());
         assert_eq!(ours.lines().count(), 4);
