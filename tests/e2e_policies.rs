@@ -728,8 +728,25 @@ fn warn_mode_warns_once() {
         r.kubectl(&["create", "namespace", &ns]).ok();
         let task1 = context_manifests().into_iter().find(|m| m.0 == "task1-default-deny-all").unwrap().2;
         r.kubectl_in(&["apply", "-n", &ns, "-f", "-"], &task1).ok();
-        let delete = r.kubectl(&["delete", "networkpolicy", "task1-default-deny-all", "-n", &ns]);
-        let unlabel = r.kubectl(&["label", "namespace", &ns, "default-deny-"]);
+        let delete_args = ["delete", "networkpolicy", "task1-default-deny-all", "-n", &ns];
+        let unlabel_args = ["label", "namespace", &ns, "default-deny-"];
+        // `set_up` waits for what its probes see (R1 denied, R4's label), and they cannot tell a binding that warns
+        // from the `[Audit]` one it replaces: the API server's policy cache takes the new binding a moment later.
+        // A server-side dry run of each request shows when it does; the real request is the one asserted.
+        for args in [&delete_args[..], &unlabel_args[..]] {
+            let dry_run = [args, &["--dry-run=server"]].concat();
+            poll(
+                &format!("{}: a dry run warns", engine.name()),
+                Duration::from_secs(60),
+                Duration::from_millis(300),
+                || {
+                    let out = r.kubectl(&dry_run);
+                    if out.stderr.lines().any(|l| l.starts_with("Warning: ")) { Ok(()) } else { Err(out.to_string()) }
+                },
+            );
+        }
+        let delete = r.kubectl(&delete_args);
+        let unlabel = r.kubectl(&unlabel_args);
         for (rule, out) in [("R2", &delete), ("R5", &unlabel)] {
             out.ok();
             let warnings: Vec<&str> = out.stderr.lines().filter(|l| l.starts_with("Warning: ")).collect();
