@@ -10,7 +10,7 @@ use std::cell::RefCell;
 use std::fmt;
 use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serializer as _;
 use serde::ser::SerializeMap;
@@ -35,7 +35,7 @@ pub enum LogFormat {
 pub fn init(format: LogFormat) -> LogGuard {
     // Colours only for a person at a terminal, never into a log file or a collector.
     let ansi = std::io::stderr().is_terminal();
-    let (writer, guard) = BatchedWriter::start(std::io::stderr(), PENDING_LIMIT, BATCH_INTERVAL);
+    let (writer, guard) = BatchedWriter::start(std::io::stderr(), PENDING_LIMIT, BATCH_INTERVAL, BATCH_BYTES);
     tracing::subscriber::set_global_default(subscriber(format, ansi, writer)).expect("the log subscriber is set once");
     guard
 }
@@ -47,8 +47,14 @@ const PENDING_LIMIT: usize = 4 << 20;
 /// How long the writer thread lets lines gather before it writes them: the most a line waits.
 const BATCH_INTERVAL: Duration = Duration::from_millis(10);
 
+/// A batch this large is written at once, before its interval ends. Why: the writer's `write` takes the core from
+/// the requests while it copies the batch (on one core, every request in flight waits for it); 10 ms of a denial
+/// storm's lines were 100 KiB and one write of them showed in the requests' p99 (docs/performance.md, "Logs").
+const BATCH_BYTES: usize = 16 << 10;
+
 /// A log sink written by a thread of its own: a line is appended to a buffer, and the thread, woken by the first
-/// line of a batch, writes everything that gathered over the next interval in one `write`.
+/// line of a batch, writes everything that gathered over the next interval in one `write`, or sooner once the
+/// batch reaches its size.
 ///
 /// Why not tracing-appender's non-blocking writer: it hands each line over a crossbeam channel, whose worker
 /// wakes for every line and, finding the channel empty again, spins with `sched_yield` before it sleeps. On one
@@ -65,6 +71,8 @@ struct Pending {
     /// Lines written out (for loggers waiting at the limit).
     written: Condvar,
     limit: usize,
+    /// A batch this large is written without waiting for the rest of its interval.
+    batch: usize,
 }
 
 #[derive(Default)]
@@ -97,30 +105,42 @@ impl Drop for LogGuard {
 }
 
 impl BatchedWriter {
-    /// Starts the writer thread, writing to `sink` every `interval` at most, holding at most about `limit` bytes.
+    /// Starts the writer thread, writing to `sink` every `interval` at most, or once `batch` bytes have gathered,
+    /// and holding at most about `limit` bytes.
     pub fn start<W: Write + Send + 'static>(
         mut sink: W,
         limit: usize,
         interval: Duration,
+        batch: usize,
     ) -> (BatchedWriter, LogGuard) {
-        let pending =
-            Arc::new(Pending { lines: Mutex::default(), arrived: Condvar::new(), written: Condvar::new(), limit });
+        let pending = Arc::new(Pending {
+            lines: Mutex::default(),
+            arrived: Condvar::new(),
+            written: Condvar::new(),
+            limit,
+            batch,
+        });
         let shared = pending.clone();
         let thread = std::thread::Builder::new()
             .name("log-writer".into())
             .spawn(move || {
                 let mut out = Vec::new();
                 loop {
-                    {
+                    let closed = {
                         let mut lines = shared.lock();
                         while lines.bytes.is_empty() && !lines.closed {
                             lines = shared.arrived.wait(lines).unwrap_or_else(|e| e.into_inner());
                         }
-                    }
-                    // Let the batch gather: one wake-up and one write per interval at most, however many lines.
-                    std::thread::sleep(interval);
-                    let closed = {
-                        let mut lines = shared.lock();
+                        // Let the batch gather for an interval, or until it is a batch's size: a few wake-ups
+                        // and writes a second however many lines, each write short.
+                        let due = Instant::now() + interval;
+                        while lines.bytes.len() < shared.batch && !lines.closed {
+                            let left = due.saturating_duration_since(Instant::now());
+                            if left.is_zero() {
+                                break;
+                            }
+                            lines = shared.arrived.wait_timeout(lines, left).unwrap_or_else(|e| e.into_inner()).0;
+                        }
                         std::mem::swap(&mut out, &mut lines.bytes);
                         lines.closed
                     };
@@ -155,10 +175,12 @@ impl Write for BatchedWriter {
         while !lines.bytes.is_empty() && lines.bytes.len() + buf.len() > self.0.limit {
             lines = self.0.written.wait(lines).unwrap_or_else(|e| e.into_inner());
         }
-        let was_empty = lines.bytes.is_empty();
+        let before = lines.bytes.len();
         lines.bytes.extend_from_slice(buf);
+        // The writer waits for the first line of a batch, then for the batch's size.
+        let wake = before == 0 || (before < self.0.batch && lines.bytes.len() >= self.0.batch);
         drop(lines);
-        if was_empty {
+        if wake {
             self.0.arrived.notify_one();
         }
         Ok(buf.len())
@@ -293,7 +315,7 @@ mod tests {
     #[test]
     fn batched_lines_come_out_whole_and_in_order() {
         let sink = Stalling::default();
-        let (writer, guard) = BatchedWriter::start(sink.clone(), 1 << 20, Duration::from_millis(2));
+        let (writer, guard) = BatchedWriter::start(sink.clone(), 1 << 20, Duration::from_millis(2), 4096);
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let mut w = writer.clone();
@@ -320,13 +342,33 @@ mod tests {
         assert_eq!(next, [5_000; 4]);
     }
 
+    /// A batch that reaches its size is written at once, not at the end of its interval; a smaller rest waits for
+    /// its interval (here: for the guard, which writes out what is left).
+    #[test]
+    fn a_full_batch_is_written_before_its_interval() {
+        let sink = Stalling::default();
+        let (writer, guard) = BatchedWriter::start(sink.clone(), 1 << 20, Duration::from_secs(3600), 1000);
+        let mut w = writer.clone();
+        for i in 0..10 {
+            w.write_all(format!("line {i} {}\n", "z".repeat(92)).as_bytes()).unwrap();
+        }
+        let started = std::time::Instant::now();
+        while sink.written.lock().unwrap().len() < 1000 && started.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(sink.written.lock().unwrap().len(), 1000, "the full batch, within seconds of an hour's interval");
+        w.write_all(b"the rest\n").unwrap();
+        drop(guard);
+        assert_eq!(sink.written.lock().unwrap().len(), 1009);
+    }
+
     /// While the sink stalls, what is pending stays within the limit: loggers wait instead, and go on once the
     /// sink takes lines again.
     #[test]
     fn a_stalled_sink_holds_loggers_at_the_limit() {
         let sink = Stalling::default();
         let limit = 10_000;
-        let (writer, guard) = BatchedWriter::start(sink.clone(), limit, Duration::from_millis(1));
+        let (writer, guard) = BatchedWriter::start(sink.clone(), limit, Duration::from_millis(1), 4096);
         let stall = sink.gate.lock().unwrap();
         let logger = {
             let mut w = writer.clone();
