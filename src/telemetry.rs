@@ -59,8 +59,8 @@ const BATCH_BYTES: usize = 16 << 10;
 /// Why not tracing-appender's non-blocking writer: it hands each line over a crossbeam channel, whose worker
 /// wakes for every line and, finding the channel empty again, spins with `sched_yield` before it sleeps. On one
 /// core (a pod's CPU limit, or the load test's pinning) each of those calls is a switch away from the request being
-/// answered; here there is one wake-up and one write per interval, however many lines (the system calls counted
-/// both ways: docs/performance.md, "Logs").
+/// answered; here there is one wake-up and one write per interval or per full batch, however many lines (the
+/// system calls counted both ways: docs/performance.md, "Logs").
 #[derive(Clone)]
 pub struct BatchedWriter(Arc<Pending>);
 
