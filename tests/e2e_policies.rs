@@ -741,7 +741,7 @@ fn warn_mode_warns_once() {
                 Duration::from_millis(300),
                 || {
                     let out = r.kubectl(&dry_run);
-                    if out.stderr.lines().any(|l| l.starts_with("Warning: ")) { Ok(()) } else { Err(out.to_string()) }
+                    if Verdict::of(&out).warnings.is_empty() { Err(out.to_string()) } else { Ok(()) }
                 },
             );
         }
