@@ -8,6 +8,7 @@ pub mod cli;
 pub mod drain;
 pub mod metrics;
 pub mod namespaces;
+pub mod ownership;
 pub mod policies;
 pub mod reconcile;
 pub mod rules;

@@ -25,11 +25,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{Audit, Check, ExceptionState, Finding, Outcome, Severity, Subject};
+use crate::ownership;
 
 /// The name of every report the reconciler writes, and its `source`.
-pub const SOURCE: &str = "default-deny-guard";
-/// The label that marks the reports as ours (as on the managed policies).
-pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "default-deny-guard");
+pub const SOURCE: &str = ownership::MANAGER;
 /// At most this many objects are named in one summary result; the message gives the count.
 const SUMMARY_RESOURCES: usize = 50;
 
@@ -248,7 +247,7 @@ impl Report {
         ObjectMeta {
             name: Some(SOURCE.into()),
             namespace: namespace.map(str::to_owned),
-            labels: Some(BTreeMap::from([(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned())])),
+            labels: Some(ownership::managed_labels()),
             ..ObjectMeta::default()
         }
     }

@@ -13,9 +13,9 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
-use super::desired::MANAGER;
-use crate::audit::report::{self, MANAGED_BY, Report, ReportApi, ReportType};
+use crate::audit::report::{self, Report, ReportApi, ReportType};
 use crate::audit::{Audit, Finding, Outcome};
+use crate::ownership::{self, MANAGER};
 
 /// A report API that is not served is looked for again after this long.
 const DISCOVERY_RETRY: Duration = Duration::from_secs(300);
@@ -128,7 +128,7 @@ impl Auditor {
         }
         for t in [api.namespaced(), api.cluster()] {
             let list: Api<Report> = Api::all_with(self.client.clone(), &t);
-            let params = ListParams::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
+            let params = ListParams::default().labels(&ownership::managed_selector());
             match list.list(&params).await {
                 Ok(existing) => {
                     for mut r in existing.items {

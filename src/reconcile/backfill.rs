@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
-use super::desired::MANAGER;
+use crate::ownership::MANAGER;
 use crate::rules::{Exemption, Settings};
 
 /// What the backfill does with a namespace that lacks the enable label.

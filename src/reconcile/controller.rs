@@ -26,10 +26,11 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use tokio::sync::{Notify, watch};
 
-use super::desired::{Drift, MANAGED_BY, MANAGER, POLICY_NAME, PolicyTemplate};
+use super::desired::{Drift, POLICY_NAME, PolicyTemplate};
 use super::metrics::ReconcileMetrics;
 use super::policy_api::{Applied, PolicyApi, is_conflict, is_field_manager_conflict};
 use super::state::{Gap, NamespaceState, classify};
+use crate::ownership::{MANAGED_BY, MANAGER};
 use crate::rules::Settings;
 
 /// The namespaces as the reconciler watches them: metadata only.

@@ -21,18 +21,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 
+use crate::ownership::{self, MANAGED_BY};
+
 /// The name of the policy in every protected namespace.
 pub const POLICY_NAME: &str = "default-deny-all";
-/// The server-side apply field manager, the reporting controller of Events, and the managed-by label's value.
-pub const MANAGER: &str = "default-deny-guard";
-/// The label that marks the policies the reconciler manages (and watches).
-pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
-
-/// The label selector of the policies the reconciler manages.
-pub fn managed_selector() -> String {
-    format!("{MANAGED_BY}={MANAGER}")
-}
-
 /// `--policy-types`: the directions the policy denies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PolicyTypes {
@@ -198,7 +190,7 @@ impl PolicyTemplate {
             metadata: ObjectMeta {
                 name: Some(POLICY_NAME.to_owned()),
                 namespace: Some(namespace.to_owned()),
-                labels: Some(BTreeMap::from([(MANAGED_BY.to_owned(), MANAGER.to_owned())])),
+                labels: Some(ownership::managed_labels()),
                 ..ObjectMeta::default()
             },
             spec: Some(self.spec()),
@@ -209,7 +201,7 @@ impl PolicyTemplate {
     /// Other labels and annotations are other people's business.
     pub fn drift(&self, live: &NetworkPolicy) -> Option<Drift> {
         let mut fields = Vec::new();
-        let managed = live.metadata.labels.as_ref().and_then(|l| l.get(MANAGED_BY)).is_some_and(|v| v == MANAGER);
+        let managed = ownership::is_managed(live.metadata.labels.as_ref());
         if !managed {
             fields.push(format!("metadata.labels[{MANAGED_BY}]"));
         }

@@ -39,10 +39,11 @@ use kube::runtime::reflector;
 use crate::audit::report::ReportApi;
 use crate::audit::{AuditConfig, AuditedPolicy};
 use crate::metrics::Exporter;
+use crate::ownership::MANAGER;
 use crate::rules::Settings;
 use auditor::{AuditOutputs, Auditor};
 use controller::{Context, Timing};
-use desired::{DnsAllowance, MANAGER, PolicyTemplate, PolicyTypes};
+use desired::{DnsAllowance, PolicyTemplate, PolicyTypes};
 use once::OnceOutput;
 use state::Survey;
 

@@ -9,7 +9,8 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::core::{Request, Status};
 use kube::{Api, Client, Resource};
 
-use super::desired::{MANAGER, POLICY_NAME};
+use super::desired::POLICY_NAME;
+use crate::ownership::MANAGER;
 
 /// What an apply found.
 #[derive(Debug, Clone)]

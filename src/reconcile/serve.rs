@@ -28,10 +28,10 @@ use tokio::sync::{oneshot, watch};
 use super::RunError;
 use super::auditor::Auditor;
 use super::controller::{Context, NamespaceMeta, error_policy, reconcile};
-use super::desired::managed_selector;
 use super::state::Survey;
 use crate::audit::{self, AuditConfig, AuditedPolicy};
 use crate::metrics::Exporter;
+use crate::ownership::managed_selector;
 
 /// The gauges are surveyed at most this often: a survey walks every namespace (and the audit every policy).
 const SURVEY_INTERVAL: Duration = Duration::from_secs(1);

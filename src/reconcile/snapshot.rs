@@ -8,8 +8,8 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 
-use super::desired::managed_selector;
 use crate::audit::AuditedPolicy;
+use crate::ownership::managed_selector;
 
 /// Items per page: the API server's own default for `kubectl get`.
 const PAGE: u32 = 500;
