@@ -302,6 +302,22 @@ fn review_kind(gvk: &KindIn<'_>) -> ReviewKind {
     }
 }
 
+/// What the request says of itself, whatever its kind: the rules' [`Request`] once its objects are read.
+#[derive(Clone, Copy)]
+struct Sent<'a> {
+    operation: Operation,
+    name: &'a str,
+    namespace: &'a str,
+    user: &'a str,
+}
+
+impl<'a> Sent<'a> {
+    fn with<K>(self, (object, old_object): &'a (Option<K>, Option<K>)) -> Request<'a, K> {
+        let Sent { operation, name, namespace, user } = self;
+        Request { operation, name, namespace, user, object: object.as_ref(), old_object: old_object.as_ref() }
+    }
+}
+
 /// Reads the request's objects as the kind it names and runs the rules registered for `webhook`.
 fn judge<O: ObjectIn>(
     settings: &Settings,
@@ -316,7 +332,12 @@ fn judge<O: ObjectIn>(
     let keys = &settings.exception_keys;
     let request_name = req.name.as_deref().unwrap_or_default();
     let request_namespace = req.namespace.as_deref().unwrap_or_default();
-    let user = req.user_info.username.as_deref().unwrap_or_default();
+    let sent = Sent {
+        operation,
+        name: request_name,
+        namespace: request_namespace,
+        user: req.user_info.username.as_deref().unwrap_or_default(),
+    };
     let untouched = |why: &str| JudgedRequest {
         decision: Decision::allow(None, why),
         namespace: request_namespace.to_owned(),
@@ -332,18 +353,11 @@ fn judge<O: ObjectIn>(
         if webhook != Webhook::Validate {
             return untouched("NetworkPolicies are judged by /validate");
         }
-        let (object, old_object) = match read_objects::<NetworkPolicy, _>(object, old_object, keys) {
+        let objects = match read_objects::<NetworkPolicy, _>(object, old_object, keys) {
             Ok(objects) => objects,
             Err(e) => return unreadable("NetworkPolicy", request_namespace, request_name, e),
         };
-        let request = Request {
-            operation,
-            name: request_name,
-            namespace: request_namespace,
-            user,
-            object: object.as_ref(),
-            old_object: old_object.as_ref(),
-        };
+        let request = sent.with(&objects);
         let namespace = request.policy_namespace();
         let decision = settings.judge_network_policy(&request, facts.facts(settings, namespace), now);
         return JudgedRequest {
@@ -360,18 +374,11 @@ fn judge<O: ObjectIn>(
             (Webhook::Mutate, Operation::Create) => Settings::judge_namespace_create,
             _ => return untouched("this operation on a Namespace is not judged by this webhook"),
         };
-        let (object, old_object) = match read_objects::<Namespace, _>(object, old_object, keys) {
+        let objects = match read_objects::<Namespace, _>(object, old_object, keys) {
             Ok(objects) => objects,
             Err(e) => return unreadable("Namespace", "", request_name, e),
         };
-        let request = Request {
-            operation,
-            name: request_name,
-            namespace: request_namespace,
-            user,
-            object: object.as_ref(),
-            old_object: old_object.as_ref(),
-        };
+        let request = sent.with(&objects);
         let decision = judge_ns(settings, &request, now);
         return JudgedRequest {
             namespace: String::new(),
