@@ -330,18 +330,16 @@ fn judge<O: ObjectIn>(
 ) -> JudgedRequest {
     let (object, old_object) = (req.object.take(), req.old_object.take());
     let keys = &settings.exception_keys;
-    let request_name = req.name.as_deref().unwrap_or_default();
-    let request_namespace = req.namespace.as_deref().unwrap_or_default();
     let sent = Sent {
         operation,
-        name: request_name,
-        namespace: request_namespace,
+        name: req.name.as_deref().unwrap_or_default(),
+        namespace: req.namespace.as_deref().unwrap_or_default(),
         user: req.user_info.username.as_deref().unwrap_or_default(),
     };
     let untouched = |why: &str| JudgedRequest {
         decision: Decision::allow(None, why),
-        namespace: request_namespace.to_owned(),
-        name: request_name.to_owned(),
+        namespace: sent.namespace.to_owned(),
+        name: sent.name.to_owned(),
         unreadable: false,
     };
     // Subresources (status, finalize) cannot change what the rules read.
@@ -355,7 +353,7 @@ fn judge<O: ObjectIn>(
         }
         let objects = match read_objects::<NetworkPolicy, _>(object, old_object, keys) {
             Ok(objects) => objects,
-            Err(e) => return unreadable("NetworkPolicy", request_namespace, request_name, e),
+            Err(e) => return unreadable("NetworkPolicy", sent.namespace, sent.name, e),
         };
         let request = sent.with(&objects);
         let namespace = request.policy_namespace();
@@ -376,7 +374,7 @@ fn judge<O: ObjectIn>(
         };
         let objects = match read_objects::<Namespace, _>(object, old_object, keys) {
             Ok(objects) => objects,
-            Err(e) => return unreadable("Namespace", "", request_name, e),
+            Err(e) => return unreadable("Namespace", "", sent.name, e),
         };
         let request = sent.with(&objects);
         let decision = judge_ns(settings, &request, now);
