@@ -25,6 +25,7 @@ use crate::ownership::{self, MANAGED_BY};
 
 /// The name of the policy in every protected namespace.
 pub const POLICY_NAME: &str = "default-deny-all";
+
 /// `--policy-types`: the directions the policy denies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PolicyTypes {
